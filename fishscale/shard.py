@@ -347,7 +347,10 @@ def _write_journal(folder: Path, split: str, shard_no: int, recipe: str, start: 
 def _read_journal(folder: Path, split: str, shard_no: int) -> dict[str, Any] | None:
     try:
         entry = json.loads(_journal_path(folder, split, shard_no).read_text(encoding="utf-8"))
-        entry["shard"] = ShardInfo(**entry["shard"])
+        info = ShardInfo(**entry["shard"])
+        # JSON with sort_keys orders labels as strings; the manifest orders them by number
+        info.class_histogram = dict(sorted(info.class_histogram.items(), key=lambda item: int(item[0])))
+        entry["shard"] = info
         return entry
     except (OSError, ValueError, TypeError, KeyError):
         return None
