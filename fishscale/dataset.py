@@ -95,6 +95,9 @@ def read_split(root: str | Path, split: str, on_error: str = "fail") -> tuple[pd
         bad[mask] = True
 
     reject((df["filename"] == "").to_numpy(), lambda r: "empty filename")
+    # a file name, never a path: a CSV must not point the pipeline outside Images/
+    has_dirs = df["filename"].str.contains(r"[/\\]", regex=True) | df["filename"].isin([".", ".."])
+    reject(has_dirs.to_numpy(), lambda r: "filename must be a bare file name (no '/' or '\\')")
     reject((df[LABEL_COLUMN] == "").to_numpy(), lambda r: f"empty label ({LABEL_COLUMN})")
     ext_ok = df["filename"].str.lower().str.endswith(IMAGE_EXTENSIONS).to_numpy()
     reject(~ext_ok, lambda r: f"unsupported image extension (accepted: {', '.join(IMAGE_EXTENSIONS)}, any case)")
@@ -116,6 +119,8 @@ def resolve_image(root: Path, filename: str, hub_path: str = "") -> Path:
     if flat.exists() or not hub_path:
         return flat
     hub = root / hub_path
+    if ".." in Path(hub_path).parts or Path(hub_path).is_absolute():
+        return flat   # the hub path must stay under the dataset root
     return hub if hub.exists() else flat
 
 

@@ -408,20 +408,17 @@ class Canvas:
         self.centre = extent.mean(0)
         extent = self.turn(extent)
         (x0, y0), (x1, y1) = extent.min(0), extent.max(0)
+        pad = margin * min(x1 - x0, y1 - y0)   # tight crops, as fish-vista's specimens are
+        x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
         width, height = x1 - x0, y1 - y0
         # keep the image aspect within fish-vista's range (1.5:1 .. 5:1) by padding the short side
-        if width / height < 1.5:
-            pad = (1.5 * height - width) / 2
-            x0, x1, width = x0 - pad, x1 + pad, 1.5 * height
-        elif width / height > 5.0:
-            pad = (width / 5.0 - height) / 2
-            y0, y1, height = y0 - pad, y1 + pad, width / 5.0
-        longest = max(width, height)
-        self.scale = SUPERSAMPLE * longer_side / (longest * (1 + 2 * margin))
-        self.origin = np.array([x0 - margin * longest, y0 - margin * longest])
-        w = int(math.ceil((width + 2 * margin * longest) * self.scale))
-        h = int(math.ceil((height + 2 * margin * longest) * self.scale))
-        self.size = (max(w, 8), max(h, 8))
+        if width < 1.5 * height:
+            x0, width = x0 - (1.5 * height - width) / 2, 1.5 * height
+        elif width > 5.0 * height:
+            y0, height = y0 - (width / 5.0 - height) / 2, width / 5.0
+        self.scale = SUPERSAMPLE * longer_side / max(width, height)
+        self.origin = np.array([x0, y0])
+        self.size = (max(int(round(width * self.scale)), 8), max(int(round(height * self.scale)), 8))
 
     def turn(self, pts) -> np.ndarray:
         pts = np.asarray(pts, dtype=float).reshape(-1, 2)
@@ -441,7 +438,7 @@ def draw_fish(traits: FishTraits, rng: np.random.Generator, longer_side: int) ->
     outline, tail, fins = body.outline(), tail_polygon(body), fin_polygons(body)
     extent = np.concatenate([outline, tail, *fins, [(-0.07 if traits.barbels else 0.0, 0.0)]])
     angle = float(np.clip(rng.normal(0, 3.0), -8, 8))
-    canvas = Canvas(extent, longer_side, margin=float(rng.uniform(0.03, 0.09)), angle=angle)
+    canvas = Canvas(extent, longer_side, margin=float(rng.uniform(0.05, 0.2)), angle=angle)
     grey = int(rng.integers(238, 254))   # white to light grey, a faint tint at most
     background = tuple(int(min(255, grey + v)) for v in rng.integers(-2, 3, 3))
     image = Image.new("RGB", canvas.size, background)
@@ -533,8 +530,8 @@ def _draw_head(draw: ImageDraw.ImageDraw, t: FishTraits, body: BodyShape, canvas
     hd = body.hd
     dark = _rgb(t.body_hsv, 0.45)
     gill_x = t.head
-    gill = [(gill_x - 0.03 * math.sin(a), body.top(gill_x) * 0.8 * math.cos(a) if a < 0 else body.bottom(gill_x) * 0.8 * math.cos(a))
-            for a in np.linspace(-1.2, 1.2, 9)]
+    u = np.linspace(-1, 1, 9)   # the gill cover's edge: an arc bulging backwards
+    gill = np.stack([gill_x + 0.025 * (1 - u ** 2), np.where(u < 0, -u * body.top(gill_x), u * body.bottom(gill_x)) * 0.8], 1)
     draw.line(canvas.px(gill), fill=dark, width=max(1, int(canvas.length(hd * 0.06))))
     pect = np.array([(gill_x + 0.01, 0.2 * hd), (gill_x + 0.12, 0.05 * hd), (gill_x + 0.11, 0.35 * hd)])
     draw.polygon(canvas.px(pect), fill=_mix(_rgb(t.fin_hsv), dark, 0.3))
