@@ -177,7 +177,8 @@ def shard_dataset(root: str | Path, out: str | Path, splits: Sequence[str] | Non
     Bad images are skipped and listed in the manifest (on_error="skip") or stop the run with a
     FishscaleError naming the file (on_error="fail"). Val/test rows whose species is not in the
     training split are always skipped and listed, never given another class's label.
-    ``max_pixels``: images with more pixels are rejected as decompression bombs.
+    ``max_pixels``: images with more pixels are rejected as decompression bombs. ``progress``:
+    a tqdm bar (on a terminal) and one summary line per split on stderr.
     """
     options = ShardOptions(max_side or None, quality, samples_per_shard, shard_size_mb, seed, on_error, max_pixels)
     options.check()
@@ -198,7 +199,8 @@ def shard_dataset(root: str | Path, out: str | Path, splits: Sequence[str] | Non
             manifest.save(folder)
             manifest.root = folder
             manifests[split] = manifest
-            _print_summary(split, manifest, result.kept)
+            if progress:
+                print(summary_line(manifest, result.kept), file=sys.stderr)
     return manifests
 
 
@@ -425,10 +427,6 @@ def summary_line(manifest: Manifest, kept: int = 0) -> str:
     reused = f" ({kept} reused from a previous run)" if kept else ""
     return (f"{manifest.split}: {manifest.num_samples} samples in {len(manifest.shards)} shards{reused}; "
             f"skipped {len(manifest.skipped)}: {skipped}")
-
-
-def _print_summary(split: str, manifest: Manifest, kept: int) -> None:
-    print(summary_line(manifest, kept), file=sys.stderr)
 
 
 # ---------------------------------------------------------------- CLI
