@@ -235,7 +235,7 @@ class _worker_map:
 def _fail_on_row_problems(ds: FishVista) -> None:
     """on_error=fail: CSV row problems stop the run; unseen species (a property of the data) do not."""
     unseen = {(s, int(r)) for s, df in ds.splits.items() for r in df.loc[df["label"] < 0, "row"]}
-    bad = [p for p in ds.problems if (p.split, p.row) not in unseen]
+    bad = sorted((p for p in ds.problems if (p.split, p.row) not in unseen), key=lambda p: (SPLITS.index(p.split), p.row))
     if bad:
         raise FishscaleError(f"{bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
 

@@ -422,3 +422,26 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_dataset, ref64, tmp_pat
     assert 4 <= done < 25
     shard_dataset(tiny_dataset, out, splits=["train"], max_side=64, samples_per_shard=50, workers=2, progress=False)
     assert tree(out) == tree(ref64)
+
+
+def test_csv_row_problems_follow_on_error(tmp_path):
+    root = tmp_path / "data"
+    (root / "Images").mkdir(parents=True)
+    rows = [("a.jpg", "fish one"), ("b.jpg", "fish two"), ("a.jpg", "fish two"), ("c.gif", "fish one")]
+    for name in ("a.jpg", "b.jpg"):
+        (root / "Images" / name).write_bytes(encode(two_colour((60, 40))))
+    lines = ["filename,family,standardized_species"] + [f"{f},fam,{s}" for f, s in rows]
+    (root / "classification_train.csv").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(cli, ["shard", str(root), "--out", str(tmp_path / "out"), "--on-error", "fail"])
+    assert result.exit_code == 2 and "line 4 (a.jpg): duplicate filename" in result.output
+    m = shard_dataset(root, tmp_path / "out", workers=1, progress=False)["train"]
+    assert m.num_samples == 2 and [s["row"] for s in m.skipped] == [4, 5]
+
+
+def test_bench_shard_runs_and_reports_ratios(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "shard", "--images", "6", "--source-side", "400", "--max-side",
+                                      "128", "--workers", "1", "--repeat", "1", "--keep", str(tmp_path / "imgs")])
+    assert result.exit_code == 0, result.output
+    table = [line.split() for line in result.output.splitlines() if line.strip().startswith("128 ")]
+    assert len(table) == 1 and float(table[0][4]) > 0   # shard/ceiling ratio column
+    assert len(list((tmp_path / "imgs" / "Images").glob("*.jpg"))) == 6
