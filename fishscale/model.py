@@ -19,14 +19,15 @@ Pretrained weights (``model.pretrained``):
   * ``hub``: ``pretrained=True`` (Hugging Face hub / URL; needs the network).
   * ``none``: random init.
 
-A tiny Swin for tests and the CPU quickstart (1.4 M parameters, 64 px images)::
+A tiny Swin for tests and the CPU quickstart (0.7 M parameters, 64 px images, 192 features)::
 
-    model.kwargs: {embed_dim: 32, depths: [1, 1, 2, 1], num_heads: [1, 2, 4, 8], window_size: 4}
+    model.kwargs: {embed_dim: 24, depths: [1, 1, 1, 1], num_heads: [1, 2, 3, 6], window_size: 4}
     data.image_size: 64
 
 Patch 4 gives 16x16 tokens, halved by each of the 3 patch merges (16, 8, 4, 2); a window of 4
-divides 16, 8 and 4, and timm shrinks it to the 2x2 grid of the last stage. Each stage's
-``embed_dim * 2**i`` must divide by its ``num_heads[i]``.
+divides 16, 8 and 4 (timm pads other grids to a window multiple, which works but wastes compute)
+and timm shrinks it to the 2x2 grid of the last stage. Each stage's width ``embed_dim * 2**i``
+must divide by its ``num_heads[i]``.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ PRETRAINED_SOURCES = ("none", "hub", "file")
 HEAD_KINDS = ("linear", "mlp")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
-TINY_SWIN_KWARGS: dict[str, Any] = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4)
+TINY_SWIN_KWARGS: dict[str, Any] = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 6), window_size=4)
 """Swin kwargs for CPU tests and the quickstart at image size 64 (see the module docstring)."""
 
 
@@ -84,7 +85,7 @@ def _check_model_cfg(model_cfg: ModelConfig, num_classes: int) -> None:
         raise FishscaleError(f"config: model.drop_path_rate must be in [0, 1), got {model_cfg.drop_path_rate}")
     if not isinstance(model_cfg.kwargs, dict):
         raise FishscaleError(f"config: model.kwargs must be a mapping, got {model_cfg.kwargs!r}")
-    if not timm.is_model(model_cfg.name):
+    if ":" not in model_cfg.name and not timm.is_model(model_cfg.name):   # "hf-hub:org/name" is resolved by timm
         close = timm.list_models(f"*{model_cfg.name.split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise FishscaleError(f"config: model.name {model_cfg.name!r} is not a timm model{hint}")

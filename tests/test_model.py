@@ -48,7 +48,7 @@ def test_pretrained_file_loads_backbone_and_reinits_mismatched_head(tmp_path, so
     assert len(backbone) > 50
     for key in backbone:
         assert torch.equal(state[key], written[key]), key
-    assert state["head.fc.weight"].shape == (7, 256) and state["head.fc.bias"].shape == (7,)
+    assert state["head.fc.weight"].shape == (7, model.num_features) and state["head.fc.bias"].shape == (7,)
     assert model(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 7)
 
 
@@ -60,11 +60,11 @@ def test_pretrained_file_with_matching_head_loads_everything(tmp_path, source_st
 
 
 def test_pretrained_file_with_missing_or_misshaped_backbone_fails(tmp_path, source_state):
-    partial = {k: v for k, v in source_state.items() if k != "layers.2.blocks.1.mlp.fc1.weight"}
+    partial = {k: v for k, v in source_state.items() if k != "layers.2.blocks.0.mlp.fc1.weight"}
     cfg = tiny_cfg(pretrained="file", pretrained_file=str(_save(partial, tmp_path / "partial.safetensors")))
-    with pytest.raises(FishscaleError, match="layers.2.blocks.1.mlp.fc1.weight"):
+    with pytest.raises(FishscaleError, match="layers.2.blocks.0.mlp.fc1.weight"):
         build_model(cfg, num_classes=7, image_size=SIZE)
-    other = build_model(ModelConfig(kwargs={**TINY_SWIN_KWARGS, "embed_dim": 16}), 5, SIZE).state_dict()
+    other = build_model(ModelConfig(kwargs={**TINY_SWIN_KWARGS, "embed_dim": 12}), 5, SIZE).state_dict()
     cfg = tiny_cfg(pretrained="file", pretrained_file=str(_save(other, tmp_path / "other.pth")))
     with pytest.raises(FishscaleError, match="other.pth"):
         build_model(cfg, num_classes=7, image_size=SIZE)
@@ -104,7 +104,7 @@ def test_mlp_head_shape_and_round_trip(tmp_path):
     model = build_model(tiny_cfg(head="mlp", head_hidden=48, head_dropout=0.25), num_classes=11, image_size=SIZE)
     head = model.get_classifier()
     assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear"]
-    assert (head[0].in_features, head[0].out_features, head[2].p, head[3].out_features) == (256, 48, 0.25, 11)
+    assert (head[0].in_features, head[0].out_features, head[2].p, head[3].out_features) == (model.num_features, 48, 0.25, 11)
     assert model(torch.randn(3, 3, SIZE, SIZE)).shape == (3, 11)
     assert {id(p) for p in head_parameters(model)} == {id(p) for p in head.parameters()}
     path = _save(model.state_dict(), tmp_path / "mlp.safetensors")
@@ -169,8 +169,7 @@ def test_layer_decay_lrs_rise_with_depth():
     lr_of = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
     assert all("lr_scale" in g for g in groups)
     order = ["patch_embed.proj.weight", "layers.0.blocks.0.attn.qkv.weight", "layers.1.blocks.0.mlp.fc1.weight",
-             "layers.2.blocks.0.attn.qkv.weight", "layers.2.blocks.1.attn.qkv.weight",
-             "layers.3.blocks.0.mlp.fc2.weight"]
+             "layers.2.blocks.0.attn.qkv.weight", "layers.3.blocks.0.mlp.fc2.weight"]
     lrs = [lr_of[n] for n in order]
     assert all(a < b for a, b in zip(lrs, lrs[1:])), lrs
     assert lrs[-1] == pytest.approx(1e-4 * 0.5) and lr_of["norm.weight"] == pytest.approx(1e-4 * 0.5)
