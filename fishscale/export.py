@@ -109,7 +109,6 @@ def _sha256(path: Path) -> str:
 def model_card(cfg: dict[str, Any], eval_results: dict[str, Any]) -> str:
     """README.md: what the model is, how to load it, how it scores per frequency bin."""
     name, c = cfg["architecture"], cfg["num_classes"]
-    kwargs = ", ".join(f"{k}={v!r}" for k, v in cfg["timm_kwargs"].items())
     lines = [f"# {name} fine-tuned on {c} species (fishscale)", "",
              f"- architecture: `{name}` (timm), kwargs `{cfg['timm_kwargs']}`",
              f"- classes: {c} (names in `config.json` -> `class_names`, index order = output order)",
@@ -125,25 +124,26 @@ def model_card(cfg: dict[str, Any], eval_results: dict[str, Any]) -> str:
                       "macro metrics leave out species unseen in training.", "", to_markdown(result)]
     else:
         lines += ["Not evaluated yet: run `fishscale eval RUN --shards shards/test` before exporting.", ""]
-    lines += ["## Loading with timm", "", "```python", "import json, timm", "",
-              'cfg = json.load(open("config.json"))']
+    lines += ["## Loading with timm", "", "```python", "import json, timm"]
     if cfg["head"]["type"] == "linear":
-        lines += [f"model = timm.create_model(\"{name}\", pretrained=True, num_classes={c},",
-                  f"    pretrained_cfg_overlay=dict(file=\"{WEIGHTS_NAME}\", num_classes={c}),"
-                  + (f" {kwargs}" if kwargs else "") + ")",
+        lines += ["", 'cfg = json.load(open("config.json"))',
+                  'c = cfg["num_classes"]',
+                  'model = timm.create_model(cfg["architecture"], pretrained=True, num_classes=c,',
+                  f'    pretrained_cfg_overlay=dict(file="{WEIGHTS_NAME}", num_classes=c), **cfg["timm_kwargs"])',
                   "model.eval()", "```", "",
-                  "Keep `num_classes` in the overlay: without it timm discards the trained classifier."]
+                  "Keep `num_classes` in the overlay: without it timm discards the trained classifier "
+                  f"(the model's {c} classes differ from the pretrained config's) and keeps a random head."]
     else:
-        h = cfg["head"]
         lines += ["import torch.nn as nn", "from safetensors.torch import load_file", "",
-                  f"model = timm.create_model(\"{name}\", pretrained=False, num_classes={c}"
-                  + (f", {kwargs}" if kwargs else "") + ")",
+                  'cfg = json.load(open("config.json"))',
+                  'c, head = cfg["num_classes"], cfg["head"]',
+                  'model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=c, **cfg["timm_kwargs"])',
                   "fc = model.get_classifier()",
-                  f"mlp = nn.Sequential(nn.Linear(fc.in_features, {h['hidden']}), nn.ReLU(), "
-                  f"nn.Dropout({h['dropout']}), nn.Linear({h['hidden']}, {c}))",
-                  f"parent, _, child = \"{h['module']}\".rpartition(\".\")",
+                  'mlp = nn.Sequential(nn.Linear(fc.in_features, head["hidden"]), nn.ReLU(), '
+                  'nn.Dropout(head["dropout"]), nn.Linear(head["hidden"], c))',
+                  'parent, _, child = head["module"].rpartition(".")',
                   "setattr(model.get_submodule(parent) if parent else model, child, mlp)",
-                  f"model.load_state_dict(load_file(\"{WEIGHTS_NAME}\"))",
+                  f'model.load_state_dict(load_file("{WEIGHTS_NAME}"))',
                   "model.eval()", "```", "",
                   "The MLP head is not a timm module, so `pretrained=True` with the overlay cannot build it; "
                   "the lines above rebuild it and load every tensor strictly."]
