@@ -235,7 +235,8 @@ class _worker_map:
 def _fail_on_row_problems(ds: FishVista) -> None:
     """on_error=fail: CSV row problems stop the run; unseen species (a property of the data) do not."""
     unseen = {(s, int(r)) for s, df in ds.splits.items() for r in df.loc[df["label"] < 0, "row"]}
-    bad = sorted((p for p in ds.problems if (p.split, p.row) not in unseen), key=lambda p: (SPLITS.index(p.split), p.row))
+    bad = sorted((p for p in ds.problems if (p.split, p.row) not in unseen),
+                 key=lambda p: (SPLITS.index(p.split), p.row))
     if bad:
         raise FishscaleError(f"{bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
 
@@ -265,41 +266,65 @@ def shard_split(ds: FishVista, split: str, folder: Path, options: ShardOptions,
 
 def _write_from(folder: Path, split: str, samples: list[PlannedSample], outcomes: Iterable[Normalized],
                 header: bytes, options: ShardOptions, result: SplitResult, bar: tqdm) -> None:
-    """Consume plan samples in order, filling shards; closes each with its journal entry."""
-    writer: ShardWriter | None = None
-    recipe, range_start, range_skipped = hashlib.sha256(header), samples[0].position if samples else 0, []
+    """Consume plan samples in order, filling shards; an error or interruption leaves no partial shard."""
+    filler = _ShardFiller(folder, split, header, options, result)
     try:
         for sample, outcome in zip(samples, outcomes):
-            recipe.update(_recipe_line(sample, outcome.source_sha256))
+            filler.feed(sample, outcome)
             bar.update(1)
-            if outcome.reason is not None:
-                if options.on_error == "fail":
-                    raise FishscaleError(f"{sample.image_path} (classification_{split}.csv line {sample.row}): "
-                                         f"{outcome.reason}")
-                range_skipped.append(_skip_entry(split, sample.row, sample.filename, outcome.reason))
-                continue
-            if writer is None:
-                writer = ShardWriter(folder / f"{split}-{len(result.shards):06d}.tar")
-                keys_labels: list[tuple[str, int]] = []
-            writer.add(sample.key, _members(sample, outcome))
-            keys_labels.append((sample.key, sample.label))
-            if _is_full(writer, options):
-                info = _close_shard(writer, folder, keys_labels)
-                _write_journal(folder, split, len(result.shards), recipe.hexdigest(), range_start,
-                               sample.position + 1, info, range_skipped)
-                result.shards.append(info)
-                result.skipped += range_skipped
-                writer, recipe, range_start, range_skipped = None, hashlib.sha256(header), sample.position + 1, []
-        if writer is not None:
-            info = _close_shard(writer, folder, keys_labels)
-            _write_journal(folder, split, len(result.shards), recipe.hexdigest(), range_start,
-                           samples[-1].position + 1, info, range_skipped)
-            result.shards.append(info)
-            writer = None
-        result.skipped += range_skipped   # rows after the last sample: not in any shard, redone on resume
+        filler.finish()
     finally:
-        if writer is not None:
-            writer.abort()
+        filler.abort()
+
+
+class _ShardFiller:
+    """The open shard and the plan range it has consumed; closes each full shard with its journal entry."""
+
+    def __init__(self, folder: Path, split: str, header: bytes, options: ShardOptions, result: SplitResult):
+        self.folder, self.split, self.header, self.options, self.result = folder, split, header, options, result
+        self.writer: ShardWriter | None = None
+        self._new_range(result.position)
+
+    def _new_range(self, start: int) -> None:
+        self.recipe = hashlib.sha256(self.header)
+        self.start = self.stop = start
+        self.skipped: list[dict[str, Any]] = []
+        self.keys_labels: list[tuple[str, int]] = []
+
+    def feed(self, sample: PlannedSample, outcome: Normalized) -> None:
+        self.recipe.update(_recipe_line(sample, outcome.source_sha256))
+        self.stop = sample.position + 1
+        if outcome.reason is not None:
+            if self.options.on_error == "fail":
+                raise FishscaleError(f"{sample.image_path} (classification_{self.split}.csv line {sample.row}): "
+                                     f"{outcome.reason}")
+            self.skipped.append(_skip_entry(self.split, sample.row, sample.filename, outcome.reason))
+            return
+        if self.writer is None:
+            self.writer = ShardWriter(self.folder / f"{self.split}-{len(self.result.shards):06d}.tar")
+        self.writer.add(sample.key, _members(sample, outcome))
+        self.keys_labels.append((sample.key, sample.label))
+        if _is_full(self.writer, self.options):
+            self._close()
+
+    def _close(self) -> None:
+        info = _close_shard(self.writer, self.keys_labels)
+        self.writer = None
+        _write_journal(self.folder, self.split, len(self.result.shards), self.recipe.hexdigest(), self.start,
+                       self.stop, info, self.skipped)
+        self.result.shards.append(info)
+        self.result.skipped += self.skipped
+        self._new_range(self.stop)
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self._close()
+        self.result.skipped += self.skipped   # rows after the last sample: in no shard, redone on resume
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
 
 
 def _members(sample: PlannedSample, outcome: Normalized) -> list[tuple[str, bytes]]:
@@ -316,7 +341,7 @@ def _is_full(writer: ShardWriter, options: ShardOptions) -> bool:
     return options.shard_size_mb is not None and writer.size >= options.shard_size_mb * 1e6
 
 
-def _close_shard(writer: ShardWriter, folder: Path, keys_labels: list[tuple[str, int]]) -> ShardInfo:
+def _close_shard(writer: ShardWriter, keys_labels: list[tuple[str, int]]) -> ShardInfo:
     size, sha = writer.close()
     keys = [k for k, _ in keys_labels]
     labels = [label for _, label in keys_labels]
