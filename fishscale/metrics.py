@@ -49,9 +49,19 @@ def topk_indices(scores: np.ndarray, k: int = TOPK) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def _numpy(values: Any) -> np.ndarray:
+    """numpy view of a list, array or torch tensor (any device; bf16/fp16 as float32)."""
+    if hasattr(values, "detach"):   # torch, without importing it here
+        values = values.detach()
+        if values.is_floating_point():
+            values = values.float()
+        return values.cpu().numpy()
+    return np.asarray(values)
+
+
 def _as_topk(labels: np.ndarray, predictions: Any, num_classes: int) -> np.ndarray:
     """Scores [N, C] (float) or top-k indices [N, k] / [N] (int) -> top-k indices [N, k]."""
-    pred = np.asarray(predictions)
+    pred = _numpy(predictions)
     if pred.ndim == 1:
         pred = pred[:, None]
     if pred.ndim != 2 or pred.shape[0] != labels.shape[0]:
@@ -81,14 +91,15 @@ def evaluate_predictions(labels: Sequence[int] | np.ndarray, scores_or_topk: Any
     """All metrics of one evaluation as a JSON-ready dict (see the module docstring).
 
     labels: [N] ints in [0, C) or -1 (species unseen in training).
-    scores_or_topk: float logits/probabilities [N, C], or int top-k indices [N, k] best first.
+    scores_or_topk: float logits/probabilities [N, C], or int top-k indices [N, k] best first
+        (numpy or torch, any device; the dtype decides which).
     train_counts: [C] training images per class (defines C and each class's bin).
     per_class: also return per-class support / correct / predicted counts (lists of C ints).
     """
     edges, names = check_edges(bin_edges, bin_names)
-    counts = np.asarray(train_counts, dtype=np.int64)
+    counts = _numpy(train_counts).astype(np.int64, copy=False)
     num_classes = counts.shape[0]
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    labels = _numpy(labels).astype(np.int64, copy=False).reshape(-1)
     if labels.size and (labels.min() < -1 or labels.max() >= num_classes):
         raise FishscaleError(f"labels must lie in [-1, {num_classes}), got range [{labels.min()}, {labels.max()}]")
     topk = _as_topk(labels, scores_or_topk, num_classes)

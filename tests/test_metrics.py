@@ -113,6 +113,17 @@ def test_matches_sklearn_on_random_predictions(seed):
         assert r["bins"][name]["class_mean_acc"] == pytest.approx(balanced_accuracy_score(labels[m], pred[m]))
 
 
+def test_torch_tensors_in_any_float_dtype():
+    import torch
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(50, 8)).astype(np.float32)
+    labels = rng.integers(0, 8, 50)
+    expected = evaluate_predictions(labels, scores, [5] * 8)
+    assert evaluate_predictions(torch.from_numpy(labels), torch.from_numpy(scores), torch.full((8,), 5)) == expected
+    bf16 = evaluate_predictions(labels, torch.from_numpy(scores).bfloat16(), [5] * 8)
+    assert bf16["num_images"] == 50 and 0 <= bf16["top1"] <= 1
+
+
 def test_topk_indices_order_and_nan():
     scores = np.array([[0.1, 0.9, 0.3, np.nan, 0.5, 0.2, 0.0], [1, 2, 3, 4, 5, 6, 7]], dtype=np.float32)
     assert topk_indices(scores).tolist() == [[1, 4, 2, 5, 0], [6, 5, 4, 3, 2]]
