@@ -278,20 +278,20 @@ def species_traits(species: str, family: str) -> FishTraits:
     plan = family_plan(family)
     rng = stable_rng("species", species.strip().lower())
     hue, sat, val = plan.body_hsv
-    pattern = plan.pattern if rng.random() < 0.6 else str(rng.choice(PATTERNS))
-    fin_hsv = (FIN_COLOURS[int(rng.integers(len(FIN_COLOURS)))] if rng.random() < 0.45
+    pattern = plan.pattern if rng.random() < 0.75 else str(rng.choice(PATTERNS))
+    fin_hsv = (FIN_COLOURS[int(rng.integers(len(FIN_COLOURS)))] if rng.random() < 0.3
                else (hue, sat * 0.6, min(1.0, val * 1.1)))
     dorsal = tuple((s, e, _jitter(rng, h, 0.15, 0.2, 1.2)) for s, e, h in plan.dorsal)
     return replace(
         plan,
-        elongation=_jitter(rng, plan.elongation, 0.1, 1.5, 7.5),
+        elongation=_jitter(rng, plan.elongation, 0.08, 1.5, 7.5),
         hump=_shift(rng, plan.hump, 0.04, 0.85, 1.2), peak=_shift(rng, plan.peak, 0.04, 0.22, 0.6),
         snout=_jitter(rng, plan.snout, 0.15, 0.08, 0.6), head=_jitter(rng, plan.head, 0.08, 0.16, 0.36),
         eye=_jitter(rng, plan.eye, 0.2, 0.15, 0.45), tail_span=_jitter(rng, plan.tail_span, 0.12, 0.5, 1.5),
         tail_length=_jitter(rng, plan.tail_length, 0.1, 0.1, 0.32), dorsal=dorsal,
         anal=(plan.anal[0], plan.anal[1], _jitter(rng, plan.anal[2], 0.15, 0.2, 1.0)),
-        body_hsv=((hue + rng.normal(0, 0.07)) % 1.0, float(np.clip(sat + rng.normal(0, 0.15), 0.05, 0.9)),
-                  float(np.clip(val + rng.normal(0, 0.12), 0.25, 0.9))),
+        body_hsv=((hue + rng.normal(0, 0.035)) % 1.0, float(np.clip(sat + rng.normal(0, 0.08), 0.05, 0.9)),
+                  float(np.clip(val + rng.normal(0, 0.07), 0.25, 0.9))),
         belly_light=_shift(rng, plan.belly_light, 0.1, 0.0, 0.8), fin_hsv=fin_hsv,
         pattern=pattern, pattern_count=int(np.clip(plan.pattern_count + rng.integers(-2, 3), 1, 10)),
         pattern_size=_jitter(rng, plan.pattern_size, 0.2, 0.08, 0.5),
@@ -304,16 +304,16 @@ def species_traits(species: str, family: str) -> FishTraits:
 def specimen_traits(traits: FishTraits, rng: np.random.Generator) -> FishTraits:
     """One specimen: the species with pose/shape/colour noise (smaller than species differences)."""
     hue, sat, val = traits.body_hsv
-    fade = rng.uniform(0.0, 0.3)   # preserved specimens lose colour
+    fade = rng.uniform(0.0, 0.45)   # preserved specimens lose colour
     return replace(
         traits,
-        elongation=_jitter(rng, traits.elongation, 0.04, 1.4, 8.0),
+        elongation=_jitter(rng, traits.elongation, 0.05, 1.4, 8.0),
         hump=_shift(rng, traits.hump, 0.02, 0.8, 1.25), peak=_shift(rng, traits.peak, 0.02, 0.2, 0.62),
         eye=_jitter(rng, traits.eye, 0.06, 0.12, 0.5),
         tail_span=_jitter(rng, traits.tail_span, 0.06, 0.4, 1.6),
         dorsal=tuple((s, e, _jitter(rng, h, 0.08, 0.15, 1.3)) for s, e, h in traits.dorsal),
-        body_hsv=((hue + rng.normal(0, 0.012)) % 1.0, float(np.clip(sat * (1 - fade), 0.0, 1.0)),
-                  float(np.clip(val * math.exp(rng.normal(0, 0.06)), 0.15, 0.95))),
+        body_hsv=((hue + rng.normal(0, 0.02)) % 1.0, float(np.clip(sat * (1 - fade), 0.0, 1.0)),
+                  float(np.clip(val * math.exp(rng.normal(0, 0.1)), 0.15, 0.95))),
         pattern_size=_jitter(rng, traits.pattern_size, 0.06, 0.05, 0.6),
     )
 
