@@ -16,7 +16,8 @@ Pretrained weights (``model.pretrained``):
     checkpoint filter (Swin: original-layout keys, relative-position tables resized to the
     window). Classifier tensors whose shape differs from this model's are dropped and stay
     freshly initialized; every other tensor must load exactly, or FishscaleError.
-  * ``hub``: ``pretrained=True`` (Hugging Face hub / URL; needs the network).
+  * ``hub``: the weights timm's ``pretrained=True`` would fetch (Hugging Face hub / URL; needs
+    the network), loaded the same way, with the same head and backbone rules.
   * ``none``: random init.
 
 A tiny Swin for tests and the CPU quickstart (0.7 M parameters, 64 px images, 192 features)::
@@ -59,12 +60,13 @@ def build_model(model_cfg: ModelConfig, num_classes: int, image_size: int) -> nn
     ``model_cfg.kwargs`` go to ``timm.create_model`` last, so they win over both.
     """
     _check_model_cfg(model_cfg, num_classes)
-    overlay = dict(file=str(_weights_file(model_cfg))) if model_cfg.pretrained == "file" else None
-    model = _create(model_cfg, num_classes, image_size, overlay)
+    weights = _weights_file(model_cfg) if model_cfg.pretrained == "file" else None
+    model = _create(model_cfg, num_classes, image_size, weights)
     if model_cfg.head == "mlp":
         install_mlp_head(model, num_classes, model_cfg.head_hidden, model_cfg.head_dropout)
-    if overlay is not None:
-        load_weights_file(model, Path(overlay["file"]))
+    if model_cfg.pretrained != "none":
+        # after the head swap, so that an MLP-head checkpoint loads its head too
+        load_pretrained_weights(model, weights)
     return model
 
 
@@ -103,42 +105,36 @@ def _weights_file(model_cfg: ModelConfig) -> Path:
     return path
 
 
-def _create(model_cfg: ModelConfig, num_classes: int, image_size: int, overlay: dict | None) -> nn.Module:
-    """timm.create_model, retried without img_size for models (CNNs) that do not take one."""
+def _create(model_cfg: ModelConfig, num_classes: int, image_size: int, weights: Path | None) -> nn.Module:
+    """timm.create_model without weights, retried without img_size for models (CNNs) that lack it."""
     kwargs: dict[str, Any] = dict(num_classes=num_classes, drop_path_rate=model_cfg.drop_path_rate)
-    if overlay is not None:
-        kwargs["pretrained_cfg_overlay"] = overlay
+    if weights is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
     kwargs.update(model_cfg.kwargs)
-    hub = model_cfg.pretrained == "hub"
-    sized = {"img_size": image_size, **kwargs}
     try:
-        return _create_or_explain(model_cfg, sized, hub)
+        return _create_or_explain(model_cfg.name, {"img_size": image_size, **kwargs})
     except TypeError as e:
         if "img_size" not in str(e) or "img_size" in model_cfg.kwargs:
             raise FishscaleError(f"config: model.kwargs {model_cfg.kwargs!r} rejected by "
                                  f"{model_cfg.name}: {e}") from None
     try:
-        return _create_or_explain(model_cfg, kwargs, hub)
+        return _create_or_explain(model_cfg.name, kwargs)
     except TypeError as e:
         raise FishscaleError(f"config: model.kwargs {model_cfg.kwargs!r} / model.drop_path_rate rejected by "
                              f"{model_cfg.name}: {e}") from None
 
 
-def _create_or_explain(model_cfg: ModelConfig, kwargs: dict[str, Any], hub: bool) -> nn.Module:
+def _create_or_explain(name: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
-        return timm.create_model(model_cfg.name, pretrained=hub, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError:
-        raise
-    except (AssertionError, ValueError) as e:
-        raise FishscaleError(f"config: model {model_cfg.name} with {kwargs} is not a valid "
-                             f"architecture: {e}") from None
-    except Exception as e:  # noqa: BLE001 -- network, hub and cache errors come in many types
-        if not hub:
-            raise
-        raise FishscaleError(
-            f"model.pretrained=hub: could not fetch pretrained weights for {model_cfg.name!r} "
-            f"({type(e).__name__}: {e}). Offline machines: download the weights elsewhere and use "
-            f"model.pretrained=file model.pretrained_file=PATH") from None
+        raise   # an argument the model does not take: the caller decides
+    except Exception as e:  # noqa: BLE001 -- bad shapes surface as Assertion/Index/Value/RuntimeError
+        if ":" in name:     # "hf-hub:org/name" fetches its config from the network
+            raise FishscaleError(f"config: model.name {name!r}: cannot resolve ({type(e).__name__}: {e}); "
+                                 f"offline, use a plain timm name with model.pretrained=file") from None
+        raise FishscaleError(f"config: model {name} with {kwargs} is not a valid architecture "
+                             f"(check model.kwargs): {type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------- head
@@ -187,16 +183,21 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
         param.requires_grad_(trainable or id(param) in head)
 
 
-# ---------------------------------------------------------------- pretrained file
+# ---------------------------------------------------------------- pretrained weights
 
-def load_weights_file(model: nn.Module, path: Path) -> list[str]:
-    """Load a local state dict into ``model`` via timm; returns the head keys left re-initialized.
+def load_pretrained_weights(model: nn.Module, path: Path | None) -> list[str]:
+    """Load pretrained weights into ``model`` with timm's ``load_pretrained``; returns the head keys
+    left freshly initialized.
 
-    Uses the ``file`` set in ``model.pretrained_cfg`` (``pretrained_cfg_overlay``) and timm's
-    ``load_pretrained``; ``.pth`` is read with ``torch.load(weights_only=True)``.
+    ``path``: a local state dict (set as ``file`` in ``model.pretrained_cfg``, as
+    ``pretrained_cfg_overlay`` does; ``.pth`` read with ``torch.load(weights_only=True)``);
+    None: the model's hub / URL weights. Backbone tensors must all load; head tensors of another
+    shape are dropped.
     """
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "file": str(path)}
-    model.pretrained_cfg.pop("source", None)   # source=hf-hub would make timm ignore the file
+    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if path is not None:
+        model.pretrained_cfg["file"] = str(path)
+        model.pretrained_cfg.pop("source", None)   # source=hf-hub would make timm ignore the file
     # timm pops the classifier when num_classes differs from the cfg's; we decide by shape instead
     model.pretrained_cfg["num_classes"] = getattr(model, "num_classes", None)
     head_keys = {k for k in model.state_dict() if k.startswith(classifier_name(model) + ".")}
@@ -213,13 +214,23 @@ def load_weights_file(model: nn.Module, path: Path) -> list[str]:
         lambda module, keys: result.update(missing=list(keys.missing_keys), unexpected=list(keys.unexpected_keys)))
     try:
         load_pretrained(model, num_classes=model.pretrained_cfg["num_classes"], filter_fn=keep_matching, strict=False)
-    except Exception as e:  # noqa: BLE001 -- unpickling refusals, shape mismatches, bad files
-        raise FishscaleError(f"{path}: cannot load as pretrained weights for {type(model).__name__}: "
-                             f"{type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- unpickling refusals, shape mismatches, network errors
+        raise _load_error(model, path, e) from None
     finally:
         handle.remove()
-    _check_exact_load(path, result, set(dropped) | head_keys)
+    _check_exact_load(path or "model.pretrained=hub", result, set(dropped) | head_keys)
     return sorted(k for k in head_keys if k in set(result.get("missing", [])))
+
+
+def _load_error(model: nn.Module, path: Path | None, error: Exception) -> FishscaleError:
+    what = f"{type(error).__name__}: {error}"
+    if path is not None:
+        return FishscaleError(f"{path}: cannot load as pretrained weights for {type(model).__name__}: {what}")
+    name = model.pretrained_cfg.get("architecture", type(model).__name__)
+    return FishscaleError(
+        f"model.pretrained=hub: could not fetch pretrained weights for {name!r} ({what}). "
+        f"Offline machines: download the weights elsewhere and use model.pretrained=file "
+        f"model.pretrained_file=PATH")
 
 
 def _arch_checkpoint_filter(model: nn.Module) -> Callable | None:
@@ -242,7 +253,7 @@ def _drop_mismatched_head(state_dict: dict[str, torch.Tensor], model: nn.Module,
     return out
 
 
-def _check_exact_load(path: Path, result: dict[str, list[str]], head_keys: set[str]) -> None:
+def _check_exact_load(path: Path | str, result: dict[str, list[str]], head_keys: set[str]) -> None:
     missing = [k for k in result.get("missing", []) if k not in head_keys]
     unexpected = [k for k in result.get("unexpected", []) if k not in head_keys]
     if missing or unexpected:

@@ -190,6 +190,7 @@ def test_hub_offline_gives_clear_error(monkeypatch):
     (ModelConfig(pretrained="file", pretrained_file="/nonexistent/w.safetensors"), "not found"),
     (ModelConfig(head="conv"), "model.head"),
     (ModelConfig(kwargs={"no_such_arg": 1}), "model.kwargs"),
+    (ModelConfig(kwargs={**TINY_SWIN_KWARGS, "num_heads": [1, 2]}), "model.kwargs"),   # 4 stages need 4
 ])
 def test_bad_model_config(cfg, match):
     with pytest.raises(FishscaleError, match=match):
