@@ -5,7 +5,7 @@
 
 Writes into ``--out``::
 
-    report.md              the page (embeds the PNGs below, relative links)
+    README.md              the page (embeds the PNGs below, relative links)
     comparison.csv         one row per run: top1, top5, macro_acc, macro_f1, <bin>_acc, <bin>_class_mean_acc
     per_bin_accuracy.png   grouped bars: one group per bin, one bar per run
     training_curves.png    train loss per step, val top-1 / macro accuracy per epoch, phases marked
@@ -224,7 +224,7 @@ def write_report(paths: Sequence[Path], out: Path, *, split: str = "test", shard
     out.mkdir(parents=True, exist_ok=True)
     made = make_plots(reports, out)
     made["comparison"] = write_comparison_csv(comparison_rows(reports), out / "comparison.csv")
-    page = out / "report.md"
+    page = out / "README.md"
     page.write_text(markdown_page(reports, made, split), encoding="utf-8")
     made["page"] = page
     return made
@@ -233,7 +233,7 @@ def write_report(paths: Sequence[Path], out: Path, *, split: str = "test", shard
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("report"), show_default=True,
-              help="Folder for report.md, comparison.csv and the PNG charts.")
+              help="Folder for README.md, comparison.csv and the PNG charts.")
 @click.option("--split", default="test", show_default=True,
               help="Which saved eval result to read (<run>/eval/<split>.json).")
 @click.option("--shards", type=click.Path(path_type=Path), default=None,
@@ -244,7 +244,7 @@ def write_report(paths: Sequence[Path], out: Path, *, split: str = "test", shard
 def report_command(runs: tuple[Path, ...], out: Path, split: str, shards: Path | None, top: int,
                    progress: bool) -> None:
     """Compare RUNS side by side: per-bin accuracy bars, training curves, class-count histogram,
-    most-confused rare species; PNGs plus a Markdown page (report.md) in --out."""
+    most-confused rare species; PNGs plus a Markdown page (README.md) in --out."""
     made = write_report(list(runs), out, split=split, shards=shards, top=top, progress=progress)
     for path in made.values():
         click.echo(f"wrote {path}", err=True)

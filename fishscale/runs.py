@@ -92,7 +92,9 @@ class Run:
         """`fishscale eval` results saved in the run: {file stem: result}, e.g. {"test": {...}}."""
         if not self.eval_dir.is_dir():
             return {}
-        return {p.stem: _read_json(p) for p in sorted(self.eval_dir.glob("*.json"))}
+        results = {p.stem: _read_json(p) for p in sorted(self.eval_dir.glob("*.json"))}
+        # other JSON files a user drops here are not eval results
+        return {stem: r for stem, r in results.items() if isinstance(r, dict) and "bins" in r and "bin_names" in r}
 
 
 def load_run(path: str | Path) -> Run:

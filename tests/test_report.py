@@ -48,7 +48,7 @@ def test_report_writes_pngs_page_and_comparison(runs, tmp_path):
     for name in ("per_bin_accuracy.png", "training_curves.png", "class_counts.png", "confusions_focal.png"):
         assert_png(out / name)
     assert not (out / "confusions_ce.png").exists()            # B has no predictions
-    page = (out / "report.md").read_text()
+    page = (out / "README.md").read_text()
     linked = [line.split("](")[1].rstrip(")") for line in page.splitlines() if line.startswith("![")]
     assert set(linked) == {"per_bin_accuracy.png", "training_curves.png", "class_counts.png", "confusions_focal.png"}
     assert "not evaluated on test" in page
@@ -82,7 +82,7 @@ def test_report_evaluates_a_run_when_shards_given(runs, tiny_shards, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((b / "eval" / "test.json").read_text())
     assert saved["num_images"] == 153
-    assert "not evaluated" not in (tmp_path / "report.md").read_text()
+    assert "not evaluated" not in (tmp_path / "README.md").read_text()
     assert_png(tmp_path / "confusions_ce.png")
 
 
