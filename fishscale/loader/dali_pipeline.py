@@ -6,23 +6,26 @@ per-sample mode drops a partial last batch; here the last eval batch is simply s
 
 Per sample (``size`` = S, see fishscale.loader.transforms for the shared geometry):
 decode -> resize longer side to S (explicit size: the torch backend rounds the same way)
--> pad to S x S, centred -> [train: rotate (white fill, on the square canvas) -> flips ->
-colour jitter -> sharpness] -> normalize to float CHW. Each train augmentation sits under a
-DALI conditional (``if fn.random.coin_flip(...)``), so with probability 0 it never runs and
-the output equals the eval output exactly.
+-> pad to S x S, centred -> [train: rotate (white fill, on the square canvas) -> vertical
+flip -> colour jitter -> sharpness (one 3x3 filter) -> horizontal flip, inside
+crop_mirror_normalize (flips commute with the pointwise and symmetric ops)] -> normalize to
+float CHW. The source draws every augmentation coin and parameter with the torch backend's
+`draw_augment`, seeded by plan position; each augmentation runs under a DALI conditional on
+its coin, and one with probability 0 is left out of the graph, so the output then equals
+the eval output exactly.
 """
 from __future__ import annotations
 
-import os
+import warnings
 import zlib
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from fishscale.config import Config
+from fishscale.config import AugmentConfig, Config
 from fishscale.loader.members import MemberReader
-from fishscale.loader.transforms import BLUR_SIGMA, BLUR_WINDOW
+from fishscale.loader.transforms import BLUR_SIGMA, BLUR_WINDOW, AugmentDraw, augment_rng, draw_augment
 from fishscale.manifest import Manifest
 
 try:
@@ -35,28 +38,44 @@ except ImportError as e:   # build_loader checks first and names the torch fallb
     raise ImportError(f"NVIDIA DALI is not installed ({e}); use data.backend=torch") from None
 
 PY_WORKERS = 1            # the source only preads bytes; decoding runs in DALI's threads
+GAUSS_1D = np.exp(-0.5 * (np.linspace(-1.0, 1.0, BLUR_WINDOW) / BLUR_SIGMA) ** 2)
+BLUR_KERNEL = np.outer(GAUSS_1D, GAUSS_1D).astype(np.float32) / np.float32(GAUSS_1D.sum() ** 2)
+IDENTITY_KERNEL = np.pad(np.ones((1, 1), np.float32), BLUR_WINDOW // 2)
 
 
 class ShardSource:
-    """Batch-mode source: iteration i -> (jpeg bytes, [label]) of the i-th batch of sample ids."""
+    """Batch-mode source: iteration i -> the i-th batch's JPEG bytes, labels and, for train,
+    each sample's augmentation draw (coins [5] and parameters [6], from `draw_augment` seeded
+    by plan position: the same draws as the torch backend, at any world size or resume point).
+    """
 
-    def __init__(self, manifest: Manifest, batches: Sequence[np.ndarray]):
+    def __init__(self, manifest: Manifest, batches: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                 augment: AugmentConfig | None, seed: int, epoch: int):
         self.reader = MemberReader(manifest)
         self.labels = manifest.labels()
-        self.batches = [np.asarray(ids, dtype=np.int64) for ids in batches]
+        self.batches = [(np.asarray(pos, dtype=np.int64), np.asarray(ids, dtype=np.int64)) for pos, ids in batches]
+        self.augment, self.seed, self.epoch = augment, seed, epoch
 
-    def __call__(self, info) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def __call__(self, info) -> tuple[list[np.ndarray], ...]:
         if info.iteration >= len(self.batches):
             raise StopIteration
-        ids = self.batches[info.iteration]
+        positions, ids = self.batches[info.iteration]
         jpegs = [np.frombuffer(self.reader.read(int(i)), dtype=np.uint8) for i in ids]
         labels = [self.labels[i:i + 1] for i in ids]
-        return jpegs, labels
+        if self.augment is None:
+            return jpegs, labels
+        draws = [draw_augment(self.augment, augment_rng(self.seed, self.epoch, int(p))) for p in positions]
+        return jpegs, labels, [_coins(d) for d in draws], [_params(d) for d in draws]
 
 
-def _uniform(low: float, high: float):
-    """A random uniform draw per sample; a constant when the range is empty."""
-    return fn.random.uniform(range=(low, high)) if high > low else low
+def _coins(draw: AugmentDraw) -> np.ndarray:
+    return np.array([draw.angle is not None, draw.hflip, draw.vflip, draw.jitter is not None,
+                     draw.sharpness is not None], dtype=np.bool_)
+
+
+def _params(draw: AugmentDraw) -> np.ndarray:
+    jitter = draw.jitter or (1.0, 1.0, 1.0, 0.0)
+    return np.array([draw.angle or 0.0, *jitter, draw.sharpness or 1.0], dtype=np.float32)
 
 
 def _resize_longer(img, size: int):
@@ -69,40 +88,46 @@ def _resize_longer(img, size: int):
     return fn.resize(img, resize_x=new_w, resize_y=new_h, antialias=True, interp_type=types.INTERP_LINEAR)
 
 
-def _augment(img, aug, pad_value: int):
-    """Train-time augmentations on the padded uint8 square, each under its own coin."""
-    if fn.random.coin_flip(probability=aug.rotate_prob):
-        img = fn.rotate(img, angle=_uniform(-aug.rotate_degrees, aug.rotate_degrees), keep_size=True,
-                        fill_value=float(pad_value), interp_type=types.INTERP_LINEAR)
-    img = fn.flip(img, horizontal=fn.random.coin_flip(probability=aug.hflip_prob),
-                  vertical=fn.random.coin_flip(probability=aug.vflip_prob))
-    if fn.random.coin_flip(probability=aug.color_jitter_prob):
-        img = fn.color_twist(img, brightness=_uniform(1 - aug.brightness, 1 + aug.brightness),
-                             contrast=_uniform(1 - aug.contrast, 1 + aug.contrast),
-                             saturation=_uniform(1 - aug.saturation, 1 + aug.saturation),
-                             hue=_uniform(-aug.hue * 360.0, aug.hue * 360.0))   # DALI: degrees
-    if fn.random.coin_flip(probability=aug.sharpness_prob):
-        # DALI has no sharpness op: blend with a blurred copy, factor in [1-s, 1+s]
-        factor = _uniform(1 - aug.sharpness, 1 + aug.sharpness)
-        blurred = fn.cast(fn.gaussian_blur(img, window_size=BLUR_WINDOW, sigma=BLUR_SIGMA), dtype=types.FLOAT)
-        mixed = blurred + factor * (fn.cast(img, dtype=types.FLOAT) - blurred)
-        img = fn.cast(dmath.clamp(mixed, 0.0, 255.0), dtype=types.UINT8)
+def _augment(img, coins, params, aug: AugmentConfig, pad_value: int):
+    """Train-time augmentations on the padded uint8 square, each under its own coin.
+
+    An augmentation whose probability is 0 is left out of the graph; the others run only for
+    the samples whose coin came up. Horizontal flips happen in crop_mirror_normalize.
+    """
+    if aug.rotate_prob > 0 and coins[0]:
+        img = fn.rotate(img, angle=params[0], keep_size=True, fill_value=float(pad_value),
+                        interp_type=types.INTERP_LINEAR)
+    if aug.vflip_prob > 0:
+        img = fn.flip(img, horizontal=0, vertical=fn.cast(coins[2], dtype=types.INT32))
+    if aug.color_jitter_prob > 0 and coins[3]:
+        img = fn.color_twist(img, brightness=params[1], contrast=params[2], saturation=params[3],
+                             hue=params[4] * 360.0)          # DALI's hue is in degrees
+    if aug.sharpness_prob > 0 and coins[4]:
+        # DALI has no sharpness op; blending with a blurred copy is linear, so it is one
+        # 3x3 filter per sample: factor * identity + (1 - factor) * Gaussian
+        factor = params[5]
+        kernel = factor * types.Constant(IDENTITY_KERNEL) + (1.0 - factor) * types.Constant(BLUR_KERNEL)
+        img = fn.filter(img, kernel, border="reflect_101")
     return img
 
 
 @pipeline_def(enable_conditionals=True)
 def fishscale_pipeline(source, cfg: Config, train: bool, decoder_device: str):
     """Shard bytes -> decode -> resize -> pad -> [augment] -> normalized float CHW; labels."""
-    jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
-                                       parallel=True, dtype=[types.UINT8, types.INT64])
+    outputs = fn.external_source(source=source, num_outputs=4 if train else 2, batch=True, batch_info=True,
+                                 parallel=True, dtype=[types.UINT8, types.INT64, types.BOOL, types.FLOAT][:4 if train else 2])
+    jpegs, labels = outputs[0], outputs[1]
     size, pad_value = cfg.data.image_size, cfg.data.pad_value
     images = fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB)
     images = _resize_longer(images, size)
     images = fn.crop(images, crop=(size, size), out_of_bounds_policy="pad",
                      fill_values=float(pad_value))          # centred: crop_pos defaults to 0.5
+    mirror = 0
     if train:
-        images = _augment(images, cfg.augment, pad_value)
-    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+        coins, params = outputs[2], outputs[3]
+        images = _augment(images, coins, params, cfg.augment, pad_value)
+        mirror = fn.cast(coins[1], dtype=types.INT32) if cfg.augment.hflip_prob > 0 else 0
+    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mirror=mirror,
                                       mean=[255.0 * m for m in cfg.data.mean],
                                       std=[255.0 * s for s in cfg.data.std])
     return images, labels
@@ -113,13 +138,13 @@ def pipeline_seed(seed: int, epoch: int, rank: int) -> int:
     return zlib.crc32(f"{seed}/{epoch}/{rank}".encode()) & 0x7FFFFFFF
 
 
-def build_pipeline(cfg: Config, manifest: Manifest, batches: Sequence[np.ndarray], *, train: bool,
-                   epoch: int, rank: int):
+def build_pipeline(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                   train: bool, epoch: int, rank: int):
     on_gpu = cfg.data.device == "gpu"
-    source = ShardSource(manifest, batches)
+    source = ShardSource(manifest, batches, augment=cfg.augment if train else None, seed=cfg.train.seed, epoch=epoch)
     return fishscale_pipeline(
         source, cfg, train, "mixed" if on_gpu else "cpu",
-        batch_size=max(len(ids) for ids in batches),
+        batch_size=max(len(ids) for _, ids in batches),
         num_threads=max(1, cfg.data.num_workers),
         device_id=torch.cuda.current_device() if on_gpu else None,
         seed=pipeline_seed(cfg.train.seed, epoch, rank),
@@ -132,7 +157,10 @@ def build_pipeline(cfg: Config, manifest: Manifest, batches: Sequence[np.ndarray
 def dali_batches(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.ndarray, np.ndarray]],
                  *, train: bool, epoch: int, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images, labels) for batches of (positions, sample ids), in order."""
-    pipe = build_pipeline(cfg, manifest, [ids for _, ids in batches], train=train, epoch=epoch, rank=rank)
+    pipe = build_pipeline(cfg, manifest, batches, train=train, epoch=epoch, rank=rank)
+    with warnings.catch_warnings():     # coins/params of augmentations switched off go unused
+        warnings.filterwarnings("ignore", message=".*ShardSource.*not used")
+        pipe.build()
     iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
                                    last_batch_policy=LastBatchPolicy.PARTIAL)
     try:

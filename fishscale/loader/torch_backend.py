@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fishscale.config import Config
 from fishscale.loader.members import MemberReader
-from fishscale.loader.transforms import augment, decode, draw_augment, normalize, resize_and_pad
+from fishscale.loader.transforms import augment, augment_rng, decode, draw_augment, normalize, resize_and_pad
 from fishscale.manifest import Manifest
 
 
@@ -38,8 +38,8 @@ class ShardSamples(Dataset):
         img = decode(self.reader.read(sample_id), where=f"{self.split} sample {self.keys[sample_id]}")
         img = resize_and_pad(img, self.cfg.data.image_size, self.cfg.data.pad_value)
         if self.train:
-            rng = np.random.default_rng([self.cfg.train.seed & 0xFFFFFFFF, self.epoch, int(position), 7])
-            img = augment(img, draw_augment(self.cfg.augment, rng), self.cfg.data.pad_value)
+            draw = draw_augment(self.cfg.augment, augment_rng(self.cfg.train.seed, self.epoch, position))
+            img = augment(img, draw, self.cfg.data.pad_value)
         return normalize(img, self.cfg.data), int(self.labels[sample_id])
 
 

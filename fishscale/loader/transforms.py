@@ -52,6 +52,11 @@ class AugmentDraw:
     sharpness: float | None = None
 
 
+def augment_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
+    """The generator of one sample's augmentation: by (run seed, epoch, position in the plan)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), int(position), 7])
+
+
 def draw_augment(aug: AugmentConfig, rng: np.random.Generator) -> AugmentDraw:
     """Draw every augmentation's coin and parameters (always all, so streams stay aligned)."""
     coins = rng.random(5)
