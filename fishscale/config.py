@@ -81,7 +81,7 @@ class LossConfig:
     class_weights: str = "none"       # ce: none | fishvista | effective-number
     tau: float = 1.0                  # logit-adjusted
     ldam_max_margin: float = 0.5
-    ldam_scale: float = 30.0
+    ldam_scale: float = 1.0          # 30 in Cao et al. assumes a cosine (normalized) head; timm heads are linear
     drw_epoch: int | None = None      # ldam: epoch from which class re-weighting starts
 
 
