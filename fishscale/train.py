@@ -1,0 +1,551 @@
+"""Fine-tune a timm model under a DeepSpeed ZeRO engine: phases, validation, checkpoints, resume.
+
+One process (in-process, a DeepSpeed engine over a world of one; gloo on the CPU)::
+
+    fishscale train --config configs/quickstart.yaml
+    fishscale train --config configs/quickstart.yaml train.zero_stage=3 optim.warmup_steps=20
+
+One node, several ranks (GPUs; on the CPU each rank is a process)::
+
+    fishscale train --config configs/fishvista_swin_t.yaml --nproc 8
+    deepspeed --num_gpus 8 launch/train.py --config configs/fishvista_swin_t.yaml
+
+Several nodes, hostfile (``launch/hostfile.example``; passwordless ssh between nodes)::
+
+    deepspeed --hostfile launch/hostfile --num_nodes 2 --num_gpus 8 launch/train.py --config configs/fishvista_swin_b.yaml
+
+Nodes started by hand (no ssh; the same command on each node, I = 0..N-1; the hostfile lists the
+nodes, and node 0's address is the master)::
+
+    deepspeed --hostfile launch/hostfile --no_ssh --node_rank I --master_addr 10.0.0.1 --master_port 29500 \\
+        launch/train.py --config configs/fishvista_swin_b.yaml
+
+SLURM: ``sbatch launch/slurm.sbatch configs/fishvista_swin_b.yaml`` (one launcher per node, by hand
+as above). A run folder that holds a checkpoint resumes where it stopped (``--resume`` insists).
+
+The loop, phase by phase: build the model (weights carried from the previous phase), freeze the
+backbone if the phase says so, build the engine over the trainable parameter groups, then per
+epoch: train (warm-up + cosine lr, gradient accumulation, non-finite steps skipped), validate,
+save last/best weights and a DeepSpeed checkpoint. Layout of the run folder: docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import click
+import numpy as np
+import torch
+
+from fishscale.bins import bin_index, check_edges
+from fishscale.checkpoint import (Progress, ResumePoint, find_resume_point, load_engine_state, load_weights,
+                                  phase_start_path, rank_seed, restore_rng, save_checkpoint, save_weights,
+                                  seed_everything, universal_tag)
+from fishscale.config import Config, PhaseConfig, load_config
+from fishscale.errors import FishscaleError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VAL_METRICS = ("macro_acc", "top1", "top5", "macro_f1", "loss")     # loss: lower is better
+RESUME_MODES = ("auto", "always", "never")
+# config keys that must match the checkpoint's for a resume to continue the same run
+RESUME_KEYS = ("model", "phases", "loss", "sampler", "optim", "train.batch_size", "train.seed",
+               "data.image_size", "data.train_split")
+
+
+@dataclass
+class RunData:
+    """The manifests training reads, and the class index it trains on."""
+    train: Any                      # fishscale.manifest.Manifest
+    val: Any | None
+    class_counts: list[int]
+    bin_edges: list[int]
+    bin_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+
+@dataclass
+class Ctx:
+    """What every part of the loop reads: config, ranks, data, loss, log, where we are."""
+    cfg: Config
+    dist: Any                       # fishscale.distributed.DistInfo
+    data: RunData
+    out: Path
+    loss_fn: torch.nn.Module
+    log: Any                        # fishscale.runlog.RunLog
+    progress: Progress
+    precision: str
+    input_dtype: torch.dtype
+
+
+# ---------------------------------------------------------------- setup
+
+def load_run_data(cfg: Config) -> RunData:
+    from fishscale.manifest import load_manifest
+    shards = Path(cfg.data.shards)
+    train_dir, val_dir = shards / cfg.data.train_split, shards / cfg.data.val_split
+    if not (train_dir / "manifest.json").is_file():
+        raise FishscaleError(f"data.shards: {train_dir} holds no manifest.json (run `fishscale shard` first, "
+                             f"or point data.shards at the folder holding {cfg.data.train_split}/)")
+    train = load_manifest(train_dir)
+    val = load_manifest(val_dir) if (val_dir / "manifest.json").is_file() else None
+    if val is not None and list(val.class_names) != list(train.class_names):
+        raise FishscaleError(f"{val_dir}: class names differ from {train_dir}'s (shard both splits together)")
+    edges, names = check_edges(cfg.eval.bin_edges)
+    return RunData(train=train, val=val, class_counts=[int(c) for c in train.train_class_counts],
+                   bin_edges=edges, bin_names=names)
+
+
+def write_run_files(cfg: Config, data: RunData, out: Path) -> None:
+    """config.yaml (resolved) and classes.json, rank 0, before anything trains."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    counts = np.asarray(data.class_counts)
+    classes = {"class_names": list(data.train.class_names), "class_families": list(data.train.class_families),
+               "train_class_counts": data.class_counts, "bin_edges": data.bin_edges, "bin_names": data.bin_names,
+               "class_bins": [data.bin_names[b] for b in bin_index(counts, data.bin_edges)]}
+    (out / "classes.json").write_text(json.dumps(classes, indent=1), encoding="utf-8")
+
+
+def check_config(cfg: Config) -> None:
+    """Fail before any rank starts work on a config that cannot train."""
+    from fishscale.engine import resolve_precision
+    resolve_precision(cfg.train.precision, on_gpu=False)
+    metric = cfg.train.best_metric
+    if metric not in VAL_METRICS:
+        raise FishscaleError(f"config: train.best_metric must be one of {', '.join(VAL_METRICS)}, got {metric!r}")
+    for i, phase in enumerate(cfg.phases):
+        if phase.epochs < 0:
+            raise FishscaleError(f"config: phases[{i}].epochs must be >= 0, got {phase.epochs}")
+    if cfg.train.max_nonfinite_steps < 1:
+        raise FishscaleError("config: train.max_nonfinite_steps must be >= 1")
+    if cfg.train.log_every_steps < 1:
+        raise FishscaleError("config: train.log_every_steps must be >= 1")
+
+
+def check_resume_config(cfg: Config, point: ResumePoint) -> None:
+    now = cfg.to_dict()
+    for key in RESUME_KEYS:
+        a, b = now, point.config
+        for part in key.split("."):
+            a, b = a.get(part) if isinstance(a, dict) else None, b.get(part) if isinstance(b, dict) else None
+        if b is not None and a != b:
+            raise FishscaleError(f"resume: '{key}' differs from the checkpoint's in {point.folder / point.tag} "
+                                 f"({b!r} there, {a!r} now); use the same config, or a new train.out")
+
+
+def find_resume(cfg: Config, out: Path, mode: str) -> ResumePoint | None:
+    if mode not in RESUME_MODES:
+        raise FishscaleError(f"resume mode must be one of {RESUME_MODES}, got {mode!r}")
+    point = find_resume_point(out) if mode != "never" else None
+    if mode == "always" and point is None:
+        raise FishscaleError(f"--resume: {out} holds no checkpoint to resume from")
+    if point is not None:
+        check_resume_config(cfg, point)
+    return point
+
+
+def phase_epochs(cfg: Config) -> list[int]:
+    """Global index of each phase's first epoch, plus the total at the end."""
+    starts = [0]
+    for phase in cfg.phases:
+        starts.append(starts[-1] + phase.epochs)
+    return starts
+
+
+# ---------------------------------------------------------------- one phase's engine
+
+def start_phase(ctx: Ctx, index: int, weights: dict[str, torch.Tensor] | None, point: ResumePoint | None,
+                total_steps: int):
+    """Model with the phase's starting weights, frozen per phase, inside a fresh engine.
+
+    Returns (engine, phase_start weights, lr schedule). `point` (a checkpoint of this phase)
+    restores the engine's weights and optimizer state on top.
+    """
+    from fishscale.engine import build_engine, deepspeed_config
+    from fishscale.model import build_model, param_groups, set_backbone_trainable
+    from fishscale.schedule import PhaseSchedule
+    cfg, dist, phase = ctx.cfg, ctx.dist, ctx.cfg.phases[index]
+    seed_everything(cfg.train.seed)            # the same initial model on every rank
+    model = build_model(cfg.model, ctx.data.num_classes, cfg.data.image_size)
+    start_file = phase_start_path(ctx.out, index)
+    if weights is None and (point is not None or index > 0):
+        weights = load_weights(start_file)     # resuming: the weights this phase began with
+    if weights is not None:
+        model.load_state_dict(weights)
+    phase_start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if dist.is_main and point is None:
+        save_weights(phase_start, start_file)
+    set_backbone_trainable(model, not phase.freeze_backbone)
+    other_world = point is not None and point.world_size != dist.world_size
+    ds_config = deepspeed_config(cfg, dist.world_size, dist.on_gpu, load_universal=other_world)
+    engine = build_engine(model, param_groups(model, phase, cfg.optim), ds_config)
+    # peak lrs are read before a checkpoint overwrites the groups' lrs with scheduled ones
+    schedule = PhaseSchedule(engine.optimizer.param_groups, total_steps=total_steps,
+                             warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio)
+    if point is not None:
+        tag = universal_tag(point, dist.rank) if other_world else point.tag
+        load_engine_state(engine, point, tag)
+    seed_everything(rank_seed(cfg.train.seed + ctx.progress.step, dist.rank))
+    return engine, phase_start, schedule
+
+
+def steps_per_epoch(ctx: Ctx, epoch: int) -> int:
+    from fishscale.loader import build_loader
+    cfg = ctx.cfg
+    loader = build_loader(cfg, ctx.data.train, train=True, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+                          epoch=epoch, num_epochs=phase_epochs(cfg)[-1])
+    steps = len(loader) // cfg.train.grad_accum
+    if cfg.train.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    if steps < 1:
+        raise FishscaleError(f"an epoch of split {cfg.data.train_split!r} gives no full global batch of "
+                             f"{cfg.train.batch_size}; lower train.batch_size")
+    return steps
+
+
+# ---------------------------------------------------------------- train / validate
+
+def train_epoch(ctx: Ctx, engine, schedule, epoch: int, steps: int, bar, rng_point: ResumePoint | None) -> None:
+    """Optimizer steps progress.batch .. steps-1 of `epoch`; checkpoints every N steps."""
+    from fishscale.loader import build_loader
+    cfg, dist, progress = ctx.cfg, ctx.dist, ctx.progress
+    loader = build_loader(cfg, ctx.data.train, train=True, rank=dist.rank, world_size=dist.world_size,
+                          epoch=epoch, start_batch=progress.batch, num_epochs=phase_epochs(cfg)[-1])
+    batches = isolated_iter(loader)
+    if rng_point is not None:
+        restore_rng(rng_point, dist.rank, cfg.train.seed)
+    engine.train()
+    window = {"loss": 0.0, "steps": 0, "start": time.perf_counter()}
+    while progress.batch < steps:
+        started = time.perf_counter()
+        lr = schedule.apply(progress.phase_step)
+        loss, skipped = train_step(ctx, engine, batches)
+        progress.train_seconds += time.perf_counter() - started
+        progress.step += 1
+        progress.phase_step += 1
+        progress.batch += 1
+        progress.images += cfg.train.batch_size
+        count_nonfinite(ctx, skipped, epoch)
+        if not skipped:
+            window["loss"] += loss
+            window["steps"] += 1
+        seconds = time.perf_counter() - window["start"]
+        img_per_s = cfg.train.batch_size * max(1, window["steps"]) / max(seconds, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_per_s:.1f}")
+        if progress.step % cfg.train.log_every_steps == 0 or progress.batch == steps:
+            mean = window["loss"] / window["steps"] if window["steps"] else float("nan")
+            ctx.log.write({"kind": "train", "phase": progress.phase, "epoch": epoch, "step": progress.step,
+                           "batch": progress.batch, "loss": mean, "lr": lr, "img_per_s": img_per_s,
+                           "skipped": skipped, "nonfinite_steps": progress.nonfinite_steps})
+            window = {"loss": 0.0, "steps": 0, "start": time.perf_counter()}
+        every = cfg.train.checkpoint_every_steps
+        if every and progress.step % every == 0 and progress.batch < steps:
+            checkpoint(ctx, engine)
+
+
+def isolated_iter(loader) -> Iterator:
+    """Batches of `loader` drawn without touching the global RNG (a DataLoader takes its workers'
+    base seed from it when it starts), so dropout / drop-path draws do not depend on when
+    loaders start: a resumed run replays them exactly."""
+    batches = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(batches, None)
+        if batch is None:
+            return
+        yield batch
+
+
+def train_step(ctx: Ctx, engine, batches: Iterator) -> tuple[float, bool]:
+    """One optimizer step = grad_accum micro batches; (mean loss over ranks, skipped?)."""
+    from fishscale.distributed import all_reduce_sum
+    from fishscale.engine import optimizer_step
+    losses, bad = [], False
+    for _ in range(ctx.cfg.train.grad_accum):
+        images, labels = next(batches)
+        images = images.to(ctx.dist.device, ctx.input_dtype, non_blocking=True)
+        labels = labels.to(ctx.dist.device, non_blocking=True)
+        loss = ctx.loss_fn(engine(images), labels)
+        value = float(loss.item())
+        finite = math.isfinite(value)
+        total, nonfinite = all_reduce_sum([value if finite else 0.0, 0.0 if finite else 1.0])
+        if nonfinite:                      # every rank agrees: poison the gradients so no update happens
+            bad = True
+            loss = loss * float("nan")
+        engine.backward(loss)
+        optimizer_step(engine, skip=bad)
+        losses.append(total / ctx.dist.world_size)
+    return (float("nan") if bad else sum(losses) / len(losses)), bad
+
+
+def count_nonfinite(ctx: Ctx, skipped: bool, epoch: int) -> None:
+    progress, limit = ctx.progress, ctx.cfg.train.max_nonfinite_steps
+    if not skipped:
+        progress.nonfinite_in_row = 0
+        return
+    progress.nonfinite_steps += 1
+    progress.nonfinite_in_row += 1
+    ctx.log.echo(f"warning: non-finite loss at step {progress.step} (epoch {epoch}); step skipped "
+                 f"({progress.nonfinite_in_row} in a row, limit {limit})")
+    if progress.nonfinite_in_row >= limit:
+        raise FishscaleError(f"training stopped: the loss was not finite for {limit} steps in a row "
+                             f"(phase {progress.phase}, epoch {epoch}, step {progress.step}); lower the learning "
+                             f"rate (phases[*].lr), raise optim.warmup_steps or set train.clip_grad; "
+                             f"train.max_nonfinite_steps sets the limit")
+
+
+def validate(ctx: Ctx, engine) -> dict[str, Any] | None:
+    """Loss, top-1/5, macro accuracy/F1 and per-bin accuracy on the val split (None: no val split)."""
+    from fishscale.distributed import broadcast_object, gather_objects, max_over_ranks
+    from fishscale.loader import build_loader
+    from fishscale.metrics import evaluate_predictions
+    if ctx.data.val is None:
+        return None
+    dist = ctx.dist
+    loader = build_loader(ctx.cfg, ctx.data.val, train=False, rank=dist.rank, world_size=dist.world_size)
+    # ZeRO-3 gathers parameters with collectives in every forward: ranks must run equally many
+    rounds = max_over_ranks(len(loader)) if engine.zero_optimization_stage() == 3 else len(loader)
+    k = min(5, ctx.data.num_classes)
+    labels_out, topk_out, loss_sum, loss_count = [], [], 0.0, 0
+    engine.eval()
+    with torch.no_grad():
+        batches = isolated_iter(loader)
+        for _ in range(rounds):
+            batch = next(batches, None)
+            if batch is None:              # this rank is done; keep the collectives in step
+                size = ctx.cfg.data.image_size
+                engine(torch.zeros(1, 3, size, size, device=dist.device, dtype=ctx.input_dtype))
+                continue
+            images, labels = batch
+            logits = engine(images.to(dist.device, ctx.input_dtype)).float()
+            labels = labels.to(dist.device)
+            seen = labels >= 0             # species unseen in training have no loss
+            if seen.any():
+                loss_sum += float(ctx.loss_fn(logits[seen], labels[seen]).item()) * int(seen.sum())
+                loss_count += int(seen.sum())
+            labels_out.append(labels.cpu().numpy())
+            topk_out.append(logits.topk(k, dim=1).indices.cpu().numpy())
+    engine.train()
+    part = (np.concatenate(labels_out) if labels_out else np.zeros(0, np.int64),
+            np.concatenate(topk_out) if topk_out else np.zeros((0, k), np.int64), loss_sum, loss_count)
+    parts = gather_objects(part)
+    result = None
+    if parts is not None:
+        labels = np.concatenate([p[0] for p in parts])
+        topk = np.concatenate([p[1] for p in parts])
+        result = evaluate_predictions(labels, topk, ctx.data.class_counts, ctx.data.bin_edges, ctx.data.bin_names)
+        count = sum(p[3] for p in parts)
+        result["loss"] = sum(p[2] for p in parts) / count if count else None
+    return broadcast_object(result)
+
+
+def is_better(value: float | None, best: float | None, metric: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+# ---------------------------------------------------------------- epoch end
+
+def end_epoch(ctx: Ctx, engine, phase_start: dict[str, torch.Tensor], epoch: int, last_of_phase: bool) -> dict:
+    """Validate, write last/best weights (+ the next phase's start), move on, checkpoint."""
+    from fishscale.engine import full_state_dict
+    cfg, progress = ctx.cfg, ctx.progress
+    val = validate(ctx, engine)
+    metric = cfg.train.best_metric
+    value = val.get(metric) if val is not None else None
+    improved = is_better(value, progress.best_value, metric) or (val is None)
+    if val is not None:
+        ctx.log.write({"kind": "val", "phase": progress.phase, "epoch": epoch, "step": progress.step,
+                       **{k: val.get(k) for k in ("loss", "top1", "top5", "macro_acc", "macro_f1")},
+                       "bins": val["bins"]})
+        ctx.log.echo(f"epoch {epoch}: val loss {_fmt(val.get('loss'))} top1 {_fmt(val.get('top1'))} "
+                     f"macro_acc {_fmt(val.get('macro_acc'))}" + ("  (best so far)" if improved else ""))
+    weights = full_state_dict(engine, phase_start)
+    meta = {"phase": str(progress.phase), "epoch": str(epoch), "step": str(progress.step), "format": "pt"}
+    if ctx.dist.is_main:
+        save_weights(weights, ctx.out / "last.safetensors", meta)
+        if improved:
+            save_weights(weights, ctx.out / "best.safetensors", meta)
+        if last_of_phase and progress.phase + 1 < len(cfg.phases):
+            save_weights(weights, phase_start_path(ctx.out, progress.phase + 1))
+    if improved:
+        progress.best_value, progress.best_epoch = value, epoch
+    engine_phase = progress.phase
+    progress.epoch, progress.batch = epoch + 1, 0
+    if last_of_phase:
+        progress.phase, progress.phase_step = progress.phase + 1, 0
+    checkpoint(ctx, engine, engine_phase)
+    return weights
+
+
+def checkpoint(ctx: Ctx, engine, engine_phase: int | None = None) -> None:
+    ctx.progress.metrics_lines = ctx.log.lines if ctx.dist.is_main else 0
+    from fishscale.distributed import broadcast_object
+    ctx.progress.metrics_lines = broadcast_object(ctx.progress.metrics_lines)
+    save_checkpoint(engine, ctx.out, ctx.progress, ctx.progress.phase if engine_phase is None else engine_phase,
+                    ctx.cfg.to_dict(), ctx.dist.rank, ctx.dist.world_size)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------- the run
+
+def main(cfg: Config, resume: str = "auto") -> dict[str, Any]:
+    """Train `cfg` on this process's rank; return the summary (the same on every rank)."""
+    from fishscale.distributed import barrier, init_distributed
+    from fishscale.engine import destroy_engine, resolve_precision
+    from fishscale.losses import build_loss
+    from fishscale.runlog import RunLog
+
+    check_config(cfg)
+    dist = init_distributed()
+    out = Path(cfg.train.out)
+    data = load_run_data(cfg)
+    point = find_resume(cfg, out, resume)
+    if dist.is_main:
+        write_run_files(cfg, data, out)
+    barrier()
+    progress = point.progress if point is not None else Progress()
+    log = RunLog(out, dist.is_main, resume_lines=progress.metrics_lines if point else None,
+                 purge_step=progress.step + 1 if point else None)
+    precision = resolve_precision(cfg.train.precision, dist.on_gpu)
+    ctx = Ctx(cfg=cfg, dist=dist, data=data, out=out, loss_fn=build_loss(cfg.loss, data.class_counts).to(dist.device),
+              log=log, progress=progress, precision=precision,
+              input_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+    if point is not None:
+        log.echo(f"resuming {out} at phase {progress.phase}, epoch {progress.epoch}, batch {progress.batch} "
+                 f"(checkpoint {point.tag}, {point.world_size} rank(s) then, {dist.world_size} now)")
+    first_epoch = phase_epochs(cfg)
+    weights = None
+    for index, phase in enumerate(cfg.phases):
+        if index < progress.phase or phase.epochs == 0:
+            continue
+        # mid-phase checkpoint: engine state + RNG; at a phase boundary the weights file is all
+        resume_here = point if point is not None and point.needs_engine_state and point.engine_phase == index else None
+        steps = steps_per_epoch(ctx, first_epoch[index])
+        engine, phase_start, schedule = start_phase(ctx, index, weights, resume_here, steps * phase.epochs)
+        for epoch in range(max(progress.epoch, first_epoch[index]), first_epoch[index + 1]):
+            if hasattr(ctx.loss_fn, "set_epoch"):
+                ctx.loss_fn.set_epoch(epoch)
+            bar = log.progress(steps, f"{phase.name} {epoch - first_epoch[index] + 1}/{phase.epochs}",
+                               initial=progress.batch)
+            train_epoch(ctx, engine, schedule, epoch, steps, bar, resume_here)
+            resume_here = None
+            bar.close()
+            weights = end_epoch(ctx, engine, phase_start, epoch, last_of_phase=epoch + 1 == first_epoch[index + 1])
+        destroy_engine(engine)
+    summary = finish(ctx)
+    log.close()
+    return summary
+
+
+def finish(ctx: Ctx) -> dict[str, Any]:
+    """summary.json, the summary line of metrics.jsonl, and a printed summary."""
+    from fishscale.runlog import METRICS_NAME
+    progress, cfg = ctx.progress, ctx.cfg
+    summary = {"run": str(ctx.out), "model": cfg.model.name, "phases": [p.name for p in cfg.phases],
+               "epochs": progress.epoch, "steps": progress.step, "images": progress.images,
+               "train_seconds": round(progress.train_seconds, 2),
+               "img_per_s": round(progress.images / progress.train_seconds, 2) if progress.train_seconds else None,
+               "best_metric": cfg.train.best_metric, "best_value": progress.best_value,
+               "best_epoch": progress.best_epoch, "nonfinite_steps": progress.nonfinite_steps,
+               "world_size": ctx.dist.world_size, "zero_stage": cfg.train.zero_stage, "precision": ctx.precision,
+               "global_batch": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
+               "best_weights": str(ctx.out / "best.safetensors"), "last_weights": str(ctx.out / "last.safetensors")}
+    if ctx.dist.is_main:
+        ctx.log.write({"kind": "summary", **summary})
+        (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        ctx.log.echo(f"trained {summary['epochs']} epoch(s), {summary['steps']} steps, {summary['images']} images "
+                     f"in {summary['train_seconds']:.0f} s ({summary['img_per_s'] or 0:.1f} img/s, "
+                     f"{ctx.dist.world_size} rank(s), ZeRO-{cfg.train.zero_stage}, {ctx.precision}); "
+                     f"best val {cfg.train.best_metric} {_fmt(progress.best_value)} at epoch {progress.best_epoch}; "
+                     f"{progress.nonfinite_steps} non-finite step(s) skipped")
+        ctx.log.echo(f"run folder {ctx.out}: best.safetensors last.safetensors {METRICS_NAME} tb/ checkpoints/")
+    return summary
+
+
+# ---------------------------------------------------------------- entry points
+
+def launch_main(argv: Sequence[str] | None = None) -> int:
+    """`launch/train.py` / `python -m fishscale.train`: one rank, started by a launcher."""
+    parser = argparse.ArgumentParser(description="fishscale training, one rank (run it under `deepspeed`).")
+    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="insist on resuming from the run folder's checkpoint")
+    parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher (or use env)")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    try:
+        cfg = load_config(args.config, args.overrides)
+        main(cfg, resume="always" if args.resume else "auto")
+    except FishscaleError as e:
+        # no goodbye barrier: the peers may be stuck in a collective; the launcher stops them
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from fishscale.distributed import shutdown
+    shutdown()
+    return 0
+
+
+def launcher_command(config: Path, nproc: int, resume: bool, overrides: Sequence[str]) -> list[str]:
+    """`python -m deepspeed.launcher.runner --num_gpus N ... -m fishscale.train ...` for this machine."""
+    from fishscale.distributed import free_port
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+               "--master_port", str(free_port()), "--no_local_rank", "--module", "fishscale.train",
+               "--config", str(config)]
+    if resume:
+        command.append("--resume")
+    return command + list(overrides)
+
+
+@click.command("train", context_settings={"ignore_unknown_options": True})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML training config (configs/quickstart.yaml, configs/fishvista_swin_t.yaml, ...).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ranks on this machine: 1 trains in this process (still a DeepSpeed engine); more start "
+                   "the deepspeed launcher with --num_gpus N (GPUs, or CPU processes on a CPU machine).")
+@click.option("--resume", is_flag=True,
+              help="Insist on resuming from the run folder's checkpoint (error if none). Without it a run "
+                   "folder holding a checkpoint resumes anyway, and an empty one starts fresh.")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+def train_command(config_path: Path, nproc: int, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Fine-tune a timm model under DeepSpeed ZeRO: phases, validation, checkpoints, resume.
+
+    OVERRIDES are dotted.key=value pairs on top of the config, e.g. train.zero_stage=3
+    phases.0.epochs=2 train.out=runs/try2. Writes the run folder train.out: config.yaml,
+    metrics.jsonl, tb/, checkpoints/, best.safetensors, last.safetensors, classes.json,
+    summary.json. Clusters: deepspeed [--hostfile H] launch/train.py --config ... (docs/training.md).
+    """
+    cfg = load_config(config_path, overrides)       # bad config: clean error before any rank starts
+    check_config(cfg)
+    if nproc == 1:
+        from fishscale.distributed import shutdown
+        main(cfg, resume="always" if resume else "auto")
+        shutdown()
+        return
+    result = subprocess.run(launcher_command(config_path, nproc, resume, overrides))
+    if result.returncode != 0:
+        raise FishscaleError(f"training failed (the deepspeed launcher exited {result.returncode}; "
+                             f"each rank's error is printed above)")
+
+
+if __name__ == "__main__":
+    sys.exit(launch_main())
