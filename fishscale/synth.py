@@ -20,6 +20,7 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -37,11 +38,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from fishscale import __version__
 from fishscale.bins import DEFAULT_BIN_EDGES, DEFAULT_BIN_NAMES, assign_bins
 from fishscale.dataset import COLUMNS, SPLITS, csv_path
 from fishscale.errors import FishscaleError
 
 PROFILES: tuple[str, ...] = ("tiny", "small", "fishvista")
+MARKER = ".fishscale-synth.json"   # provenance; also what lets a rerun replace the folder safely
+SYNTH_ENTRIES = {MARKER, "Images", *(f"classification_{split}.csv" for split in ("train", "val", "test"))}
 SPECIES_TABLE = "fishvista_species.csv"
 MIN_COUNTS = {"train": 2, "val": 1, "test": 1}
 # longer image side in pixels per profile (real specimens are larger; these keep generation fast)
@@ -632,6 +636,8 @@ def plan_dataset(profile: str = "tiny", seed: int = 0, scale: float = 1.0) -> pd
     One row per image: ``split``, ``image_id`` (what the image is seeded from) and the 15
     published columns. Rows are shuffled within each split, as in the real CSVs.
     """
+    if seed < 0:
+        raise FishscaleError(f"seed must be >= 0, got {seed}")
     table = species_table(profile, scale)
     rows, image_id = [], 0
     for split in SPLITS:
@@ -693,27 +699,35 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def prepare_output(out: Path) -> None:
-    """Create OUT, or clear a previous synth output there; refuse to touch anything else."""
+def prepare_output(out: Path, provenance: dict) -> None:
+    """Create OUT, or clear an earlier synth output there (it carries our marker file); refuse to
+    touch anything else: a real fish-vista root has the same layout and must never be deleted."""
     if out.exists() and not out.is_dir():
         raise FishscaleError(f"{out}: exists and is not a folder")
-    if out.is_dir():
-        ours = {f"classification_{s}.csv" for s in SPLITS} | {"Images"}
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            entries = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+            raise FishscaleError(f"{out}: folder is not empty ({entries} ...) and is not an earlier synth output "
+                                 f"(no {MARKER}); choose a new or empty folder")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in SYNTH_ENTRIES)
         if foreign:
-            raise FishscaleError(f"{out}: folder is not empty and not a synth output ({', '.join(foreign[:3])} ...); "
-                                 "choose a new or empty folder")
+            raise FishscaleError(f"{out}: earlier synth output holds other files too ({', '.join(foreign[:3])}); "
+                                 "remove them or choose a new folder")
         shutil.rmtree(out / "Images", ignore_errors=True)
         for split in SPLITS:
             csv_path(out, split).unlink(missing_ok=True)
-    (out / "Images").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # written first, so that an interrupted run can be replaced by the next one
+    (out / MARKER).write_text(json.dumps(provenance, indent=1) + "\n", encoding="utf-8")
+    (out / "Images").mkdir()
 
 
 def write_dataset(plan: pd.DataFrame, out: str | Path, profile: str, seed: int = 0,
-                  workers: int | None = None, progress: bool = True) -> Path:
+                  workers: int | None = None, progress: bool = True, scale: float = 1.0) -> Path:
     """Draw every image of ``plan`` into OUT/Images and write the three CSVs."""
     out = Path(out)
-    prepare_output(out)
+    prepare_output(out, {"generator": "fishscale synth", "version": __version__, "profile": profile,
+                         "seed": seed, "scale": scale, "images": len(plan)})
     sides = IMAGE_SIDES[profile]
     jobs = [ImageJob(int(i), str(out / "Images" / name), species, family, sides, seed)
             for i, name, species, family in zip(plan["image_id"], plan["filename"],
@@ -751,7 +765,7 @@ def synthesize(out: str | Path, profile: str = "tiny", seed: int = 0, workers: i
     if workers is not None and workers < 1:
         raise FishscaleError(f"workers must be >= 1, got {workers}")
     plan = plan_dataset(profile, seed, scale)
-    return write_dataset(plan, out, profile, seed, workers, progress)
+    return write_dataset(plan, out, profile, seed, workers, progress, scale)
 
 
 def summarize(plan: pd.DataFrame) -> list[str]:
@@ -773,7 +787,7 @@ def summarize(plan: pd.DataFrame) -> list[str]:
 @click.option("--profile", type=click.Choice(PROFILES), default="tiny", show_default=True,
               help="tiny: 23 species, ~1.4k small images (seconds); small: 100 species, ~6k images; "
                    "fishvista: the real 1,758 species and long tail (~64k images at --scale 1).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the images and metadata; the same seed gives byte-identical files.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes drawing images [default: all usable cores]. Does not change the output.")
@@ -789,7 +803,7 @@ def synth_command(out: Path, profile: str, seed: int, workers: int | None, scale
     """
     started = time.perf_counter()
     plan = plan_dataset(profile, seed, scale)
-    write_dataset(plan, out, profile, seed, workers, progress=True)
+    write_dataset(plan, out, profile, seed, workers, progress=True, scale=scale)
     for line in summarize(plan):
         click.echo(line)
     click.echo(f"wrote {out} (profile {profile}, seed {seed}, scale {scale:g}) "

@@ -6,6 +6,7 @@ fishscale's dataset reader.
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -43,7 +44,10 @@ def bins_of(counts) -> Counter:
 
 def test_tiny_layout_and_schema(tiny_dataset):
     assert sorted(p.name for p in tiny_dataset.iterdir()) == [
-        "Images", "classification_test.csv", "classification_train.csv", "classification_val.csv"]
+        ".fishscale-synth.json", "Images", "classification_test.csv", "classification_train.csv",
+        "classification_val.csv"]
+    provenance = json.loads((tiny_dataset / ".fishscale-synth.json").read_text())
+    assert provenance["profile"] == "tiny" and provenance["seed"] == 0
     images = {p.name for p in (tiny_dataset / "Images").iterdir()}
     assert all((tiny_dataset / "Images" / name).is_file() for name in images)   # flat: no sub-folders
     listed = []
@@ -270,3 +274,16 @@ def test_cli_refuses_a_foreign_folder(tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "notes.txt" in result.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_never_replaces_a_real_dataset_root(tmp_path):
+    """A fish-vista download has the synth layout; without our marker file it is left alone."""
+    root = tmp_path / "fish-vista"
+    (root / "Images").mkdir(parents=True)
+    (root / "Images" / "INHS_FISH_1.jpg").write_bytes(b"real")
+    (root / "classification_train.csv").write_text("filename,standardized_species\nINHS_FISH_1.jpg,a b\n")
+    with pytest.raises(FishscaleError, match="not an earlier synth output"):
+        synthesize(root, profile="tiny", scale=0.01, workers=1, progress=False)
+    assert (root / "Images" / "INHS_FISH_1.jpg").read_bytes() == b"real"
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "y"), "--seed", "-1"])
+    assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output
