@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import click
 import numpy as np
@@ -45,7 +45,7 @@ from fishscale.errors import FishscaleError
 
 PROFILES: tuple[str, ...] = ("tiny", "small", "fishvista")
 MARKER = ".fishscale-synth.json"   # provenance; also what lets a rerun replace the folder safely
-SYNTH_ENTRIES = {MARKER, "Images", *(f"classification_{split}.csv" for split in ("train", "val", "test"))}
+SYNTH_ENTRIES = {MARKER, "Images", *(f"classification_{split}.csv" for split in SPLITS)}
 SPECIES_TABLE = "fishvista_species.csv"
 MIN_COUNTS = {"train": 2, "val": 1, "test": 1}
 # longer image side in pixels per profile (real specimens are larger; these keep generation fast)
@@ -155,8 +155,8 @@ FIN_COLOURS = ((0.0, 0.75, 0.8), (0.12, 0.8, 0.9), (0.6, 0.5, 0.6), (0.08, 0.3, 
 
 @dataclass(frozen=True)
 class FishTraits:
-    """Everything needed to draw one fish; lengths are fractions of body length (snout to tail base)
-    or of the body's half depth (``*_h`` fields)."""
+    """Everything needed to draw one fish. Positions and lengths along the body are fractions of
+    the body length (snout to tail base); heights, as noted, are in half depths of the body."""
     elongation: float          # body length / body depth
     hump: float                # depth share above the midline (1 = symmetric; belly = 2 - hump)
     peak: float                # where the body is deepest (0..1 from the snout)
@@ -167,8 +167,8 @@ class FishTraits:
     tail_shape: str
     tail_length: float
     tail_span: float           # tail half-span, in half depths
-    dorsal: tuple[tuple[float, float, float], ...]   # (start, end, height_h) per dorsal fin
-    anal: tuple[float, float, float]
+    dorsal: tuple[tuple[float, float, float], ...]   # (start, end, height) per dorsal fin
+    anal: tuple[float, float, float]                 # (start, end, height)
     pelvic: float              # pelvic fin position
     adipose: bool
     barbels: int
