@@ -258,7 +258,7 @@ def family_plan(family: str) -> FishTraits:
         dorsal=tuple(dorsal), anal=(anal_start, anal_start + rng.uniform(0.08, 0.22), rng.uniform(0.35, 0.7)),
         pelvic=float(rng.uniform(0.3, 0.48)), adipose=bool(rng.random() < 0.15),
         barbels=int(rng.choice([0, 0, 0, 2, 4])),
-        body_hsv=(float(rng.uniform(0, 1)), float(rng.uniform(0.15, 0.7)), float(rng.uniform(0.4, 0.8))),
+        body_hsv=family_colour(rng),
         belly_light=float(rng.uniform(0.2, 0.6)), fin_hsv=(0.1, 0.2, 0.6),
         pattern=str(rng.choice(PATTERNS)), pattern_count=int(rng.integers(2, 8)),
         pattern_size=float(rng.uniform(0.15, 0.35)), pattern_dark=0.45,
@@ -266,6 +266,16 @@ def family_plan(family: str) -> FishTraits:
     )
     preset = FAMILY_PRESETS.get(key, {})
     return replace(plan, **preset)
+
+
+def family_colour(rng: np.random.Generator) -> tuple[float, float, float]:
+    """HSV base colour: mostly browns, olives and silvers, as most specimens are; some bright."""
+    kind = rng.random()
+    if kind < 0.6:
+        return float(rng.uniform(0.04, 0.22)), float(rng.uniform(0.2, 0.65)), float(rng.uniform(0.4, 0.8))
+    if kind < 0.8:
+        return float(rng.uniform(0.5, 0.65)), float(rng.uniform(0.05, 0.3)), float(rng.uniform(0.55, 0.85))
+    return float(rng.uniform(0, 1)), float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.45, 0.8))
 
 
 def _jitter(rng: np.random.Generator, value: float, sigma: float, low: float, high: float) -> float:
