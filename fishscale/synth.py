@@ -417,8 +417,7 @@ class Canvas:
     (rotating coordinates, not pixels: cheaper and sharper)."""
 
     def __init__(self, extent: np.ndarray, longer_side: int, margin: float, angle: float = 0.0):
-        theta = math.radians(angle)
-        self.rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+        self.cos, self.sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
         self.centre = extent.mean(0)
         extent = self.turn(extent)
         (x0, y0), (x1, y1) = extent.min(0), extent.max(0)
@@ -435,8 +434,9 @@ class Canvas:
         self.size = (max(int(round(width * self.scale)), 8), max(int(round(height * self.scale)), 8))
 
     def turn(self, pts) -> np.ndarray:
-        pts = np.asarray(pts, dtype=float).reshape(-1, 2)
-        return (pts - self.centre) @ self.rotation.T + self.centre
+        # element-wise rather than a matmul: no BLAS call in forked workers
+        x, y = (np.asarray(pts, dtype=float).reshape(-1, 2) - self.centre).T
+        return np.stack([self.cos * x - self.sin * y, self.sin * x + self.cos * y], 1) + self.centre
 
     def px(self, pts) -> list[tuple[float, float]]:
         pts = (self.turn(pts) - self.origin) * self.scale
