@@ -43,13 +43,13 @@ from fishscale.bins import DEFAULT_BIN_EDGES, DEFAULT_BIN_NAMES, assign_bins
 from fishscale.dataset import COLUMNS, SPLITS, csv_path
 from fishscale.errors import FishscaleError
 
-PROFILES: tuple[str, ...] = ("tiny", "small", "fishvista")
+PROFILES: tuple[str, ...] = ("tiny", "small", "fishvista", "upstream")
 MARKER = ".fishscale-synth.json"   # provenance; also what lets a rerun replace the folder safely
 SYNTH_ENTRIES = {MARKER, "Images", *(f"classification_{split}.csv" for split in SPLITS)}
 SPECIES_TABLE = "fishvista_species.csv"
 MIN_COUNTS = {"train": 2, "val": 1, "test": 1}
 # longer image side in pixels per profile (real specimens are larger; these keep generation fast)
-IMAGE_SIDES = {"tiny": (96, 256), "small": (128, 320), "fishvista": (160, 448)}
+IMAGE_SIDES = {"tiny": (96, 256), "small": (128, 320), "fishvista": (160, 448), "upstream": (128, 320)}
 SUPERSAMPLE = 2   # draw at 2x and reduce: cheap anti-aliasing
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +123,8 @@ def species_table(profile: str, scale: float = 1.0) -> pd.DataFrame:
         table = fishvista_table()
     elif profile == "tiny":
         table = pd.DataFrame(TINY_SPECIES, columns=["species", "family", "train"])
+    elif profile == "upstream":
+        table = _upstream_table()
     else:
         table = _small_table()
     if profile != "fishvista":
@@ -141,6 +143,19 @@ def _small_table() -> pd.DataFrame:
     table = pd.concat(picked).sort_values(["train", "species"], ascending=[False, True])
     table = table.reset_index(drop=True)[["species", "family"]]
     table["train"] = small_train_counts(len(table))
+    return table
+
+
+def _upstream_table(n_species: int = 80, per_class: int = 40) -> pd.DataFrame:
+    """A balanced "pretraining" set of species from families in neither tiny nor small: fish,
+    but none of the classes (or families) the long-tail study evaluates on. It stands in for the
+    ImageNet weights fish-vista's reference fine-tune starts from, which cannot be downloaded here."""
+    real = fishvista_table()
+    excluded = {f for f, _ in SMALL_FAMILIES} | {f.lower() for _, f, _ in TINY_SPECIES}
+    real = real[~real["family"].str.lower().isin(excluded)]
+    table = real.sort_values(["train", "species"], ascending=[False, True]).head(n_species)
+    table = table.reset_index(drop=True)[["species", "family"]]
+    table["train"] = per_class
     return table
 
 
@@ -796,7 +811,9 @@ def summarize(plan: pd.DataFrame) -> list[str]:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--profile", type=click.Choice(PROFILES), default="tiny", show_default=True,
               help="tiny: 23 species, ~1.4k small images (seconds); small: 100 species, ~6k images; "
-                   "fishvista: the real 1,758 species and long tail (~64k images at --scale 1).")
+                   "fishvista: the real 1,758 species and long tail (~64k images at --scale 1); "
+                   "upstream: 80 balanced species of other families, ~3.8k images (pretraining "
+                   "stand-in for the long-tail study).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the images and metadata; the same seed gives byte-identical files.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,

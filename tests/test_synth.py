@@ -287,3 +287,13 @@ def test_never_replaces_a_real_dataset_root(tmp_path):
     assert (root / "Images" / "INHS_FISH_1.jpg").read_bytes() == b"real"
     result = CliRunner().invoke(cli, ["synth", str(tmp_path / "y"), "--seed", "-1"])
     assert result.exit_code == 2 and "Invalid value for '--seed'" in result.output
+
+
+def test_upstream_profile_is_balanced_and_disjoint_from_the_study_classes():
+    from fishscale.synth import species_table
+    upstream, small, tiny = (species_table(p) for p in ("upstream", "small", "tiny"))
+    assert len(upstream) == 80 and set(upstream["train"]) == {40}
+    families = set(upstream["family"].str.lower())
+    assert not families & set(small["family"].str.lower())
+    assert not families & set(tiny["family"].str.lower())
+    assert not set(upstream["species"]) & (set(small["species"]) | set(tiny["species"]))
