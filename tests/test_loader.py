@@ -7,12 +7,14 @@ the pad geometry must be identical.
 """
 from __future__ import annotations
 
+import io
 import sys
 import tarfile
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fishscale.config import Config
 from fishscale.errors import FishscaleError
@@ -95,8 +97,6 @@ def test_eval_pad_geometry_identical(eval_outputs, val):
     masks = {b: (eval_outputs[b, 255] - eval_outputs[b, 0]).abs().amin(dim=1) > 200 for b in ("dali", "torch")}
     assert torch.equal(masks["dali"], masks["torch"])
     # content rectangle from the stored JPEG's size, read with PIL: centred, odd pixel top/left
-    from PIL import Image
-    import io
     jpegs = shard_members(val, "jpg")
     keys = [k for s in val.shards for k in s.keys]
     padded = 0
