@@ -8,6 +8,8 @@ the pad geometry must be identical.
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import sys
 import tarfile
 
@@ -211,3 +213,18 @@ def test_bad_backend_and_device_are_errors(val):
     cfg.data.device = "tpu"
     with pytest.raises(FishscaleError, match="data.device"):
         build_loader(cfg, val, train=False)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_corrupt_member_is_a_clear_error(tiny_shards, tmp_path, backend):
+    """A zeroed JPEG inside a shard: FishscaleError naming the split folder or the sample."""
+    shutil.copytree(tiny_shards / "val", tmp_path / "val")
+    manifest = load_manifest(tmp_path / "val")
+    reader = MemberReader(manifest)
+    with open(manifest.shard_paths()[0], "r+b") as shard:
+        shard.seek(int(reader.offset[50]))
+        shard.write(b"\0" * int(reader.size[50]))
+    key = manifest.shards[0].keys[50]
+    with pytest.raises(FishscaleError, match=f"{re.escape(str(tmp_path / 'val'))}|{re.escape(key)}"):
+        for _ in build_loader(make_cfg(backend), manifest, train=False):
+            pass

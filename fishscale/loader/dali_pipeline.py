@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fishscale.config import AugmentConfig, Config
+from fishscale.errors import FishscaleError
 from fishscale.loader.members import MemberReader
 from fishscale.loader.transforms import BLUR_SIGMA, BLUR_WINDOW, AugmentDraw, augment_rng, draw_augment
 from fishscale.manifest import Manifest
@@ -161,10 +162,29 @@ def dali_batches(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.nda
     with warnings.catch_warnings():     # coins/params of augmentations switched off go unused
         warnings.filterwarnings("ignore", message=".*ShardSource.*not used")
         pipe.build()
-    iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
-                                   last_batch_policy=LastBatchPolicy.PARTIAL)
+    done, iterator = 0, None
     try:
+        # the iterator prefetches on construction: a bad first batch fails here already
+        iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
+                                       last_batch_policy=LastBatchPolicy.PARTIAL)
         for (out,) in iterator:
             yield out["images"], out["labels"].view(-1).to(torch.int64)
+            done += 1
+    except RuntimeError as e:       # a corrupt member, typically: name where, not DALI's stack
+        ids = batches[done][1] if done < len(batches) else []
+        reason = _dali_reason(str(e)) or type(e).__name__
+        raise FishscaleError(f"{manifest.root}: DALI failed on batch {done} (sample ids {np.asarray(ids)[:8].tolist()}"
+                             f"{'...' if len(ids) > 8 else ''}): "
+                             f"{reason}; check the shards with `fishscale verify`") from None
     finally:
         del iterator, pipe
+
+
+def _dali_reason(text: str) -> str:
+    """The operator and cause out of DALI's multi-line error ("Error in CPU operator `op`" ...
+    "encountered:" cause)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    operator = next((line.split("`")[1] for line in lines if line.startswith("Error in") and "`" in line), "")
+    after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == "encountered:"]
+    cause = after[0] if after else (lines[-1] if lines else "")
+    return f"{operator}: {cause}" if operator else cause

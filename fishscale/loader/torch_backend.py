@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fishscale.config import Config
+from fishscale.errors import FishscaleError
 from fishscale.loader.members import MemberReader
 from fishscale.loader.transforms import augment, augment_rng, decode, draw_augment, normalize, resize_and_pad
 from fishscale.manifest import Manifest
@@ -52,8 +53,11 @@ def torch_batches(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.nd
     on_gpu = cfg.data.device == "gpu" and torch.cuda.is_available()
     loader = DataLoader(dataset, batch_sampler=batch_items, num_workers=workers, pin_memory=on_gpu,
                         prefetch_factor=4 if workers else None)
-    for images, labels in loader:
-        labels = labels.to(torch.int64)
-        if on_gpu:
-            images, labels = images.cuda(non_blocking=True), labels.cuda(non_blocking=True)
-        yield images, labels
+    try:
+        for images, labels in loader:
+            labels = labels.to(torch.int64)
+            if on_gpu:
+                images, labels = images.cuda(non_blocking=True), labels.cuda(non_blocking=True)
+            yield images, labels
+    except FishscaleError as e:     # from a worker: its message carries the worker's traceback
+        raise FishscaleError(str(e).strip().splitlines()[-1].split("FishscaleError: ", 1)[-1]) from None
