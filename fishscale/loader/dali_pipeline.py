@@ -135,7 +135,8 @@ def fishscale_pipeline(source, cfg: Config, train: bool, decoder_device: str):
 
 
 def pipeline_seed(seed: int, epoch: int, rank: int) -> int:
-    """Augmentation seed per (run seed, epoch, rank): reproducible, different across ranks."""
+    """DALI's own seed per (run seed, epoch, rank). No operator here draws from it (the source
+    supplies every random draw); fixed anyway so that any future random op is reproducible."""
     return zlib.crc32(f"{seed}/{epoch}/{rank}".encode()) & 0x7FFFFFFF
 
 
