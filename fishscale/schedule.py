@@ -1,17 +1,20 @@
 """Learning rate per phase: linear warm-up, then cosine down to a floor.
 
-    schedule = PhaseSchedule(optimizer.param_groups, total_steps=steps_per_epoch * phase.epochs,
+    schedule = PhaseSchedule(optimizer, total_steps=steps_per_epoch * phase.epochs,
                              warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio)
     schedule.apply(step)        # before optimizer step `step` (0-based, counted within the phase)
 
 Each param group keeps its own peak lr (head, backbone, layer-decayed backbone layers), read
 once from the group when the phase's optimizer is built; the schedule multiplies every peak by
 the same factor. A pure function of the step, so a resumed run sets exactly the same lrs.
+The groups are looked up on the optimizer at every step: loading a checkpoint replaces the
+optimizer's group dicts (torch's load_state_dict), so holding on to the old ones would set
+lrs nobody reads.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
@@ -35,15 +38,17 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: 
 class PhaseSchedule:
     """Sets every param group's lr = its peak lr x lr_factor(step)."""
 
-    def __init__(self, param_groups: Sequence[dict[str, Any]], total_steps: int,
-                 warmup_steps: int = 0, min_lr_ratio: float = 0.0):
-        self.param_groups = param_groups
-        self.peak_lrs = [float(group["lr"]) for group in param_groups]
+    def __init__(self, optimizer: Any, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0):
+        self.optimizer = optimizer          # anything with .param_groups (DeepSpeed's ZeRO wrappers too)
+        self.peak_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         self.total_steps, self.warmup_steps, self.min_lr_ratio = total_steps, warmup_steps, min_lr_ratio
 
     def apply(self, step: int) -> float:
         """Set the lrs for `step`; return the largest (the head's, for logging)."""
         factor = lr_factor(step, self.total_steps, self.warmup_steps, self.min_lr_ratio)
-        for group, peak in zip(self.param_groups, self.peak_lrs):
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.peak_lrs):
+            raise RuntimeError(f"optimizer has {len(groups)} param groups, the schedule {len(self.peak_lrs)}")
+        for group, peak in zip(groups, self.peak_lrs):
             group["lr"] = peak * factor
         return max(self.peak_lrs) * factor

@@ -191,7 +191,7 @@ def start_phase(ctx: Ctx, index: int, weights: dict[str, torch.Tensor] | None, p
     ds_config = deepspeed_config(cfg, dist.world_size, dist.on_gpu, load_universal=other_world)
     engine = build_engine(model, param_groups(model, phase, cfg.optim), ds_config)
     # peak lrs are read before a checkpoint overwrites the groups' lrs with scheduled ones
-    schedule = PhaseSchedule(engine.optimizer.param_groups, total_steps=total_steps,
+    schedule = PhaseSchedule(engine.optimizer, total_steps=total_steps,
                              warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio)
     if point is not None:
         tag = universal_tag(point, dist.rank) if other_world else point.tag
@@ -534,8 +534,10 @@ def train_command(config_path: Path, nproc: int, resume: bool, overrides: tuple[
     metrics.jsonl, tb/, checkpoints/, best.safetensors, last.safetensors, classes.json,
     summary.json. Clusters: deepspeed [--hostfile H] launch/train.py --config ... (docs/training.md).
     """
+    from fishscale.engine import micro_batch_size
     cfg = load_config(config_path, overrides)       # bad config: clean error before any rank starts
     check_config(cfg)
+    micro_batch_size(cfg.train.batch_size, nproc, cfg.train.grad_accum)
     if nproc == 1:
         from fishscale.distributed import shutdown
         main(cfg, resume="always" if resume else "auto")
