@@ -44,7 +44,7 @@ from fishscale.dataset import LABEL_COLUMN, SPLITS, FishVista, load_dataset
 from fishscale.errors import FishscaleError
 from fishscale.imagefix import DEFAULT_MAX_PIXELS, Normalized, normalize_file
 from fishscale.manifest import MANIFEST_NAME, Manifest, ShardInfo
-from fishscale.tarwrite import ShardWriter, index_path_for, read_index  # noqa: F401  (read_index: public API)
+from fishscale.tarwrite import ShardWriter, index_path_for, read_index, sample_blob  # noqa: F401  (read_index: API)
 
 DEFAULT_MAX_SIDE = 512          # see BENCHMARKS.md, "Sharding": headroom over 384-px training, cheap decode
 DEFAULT_QUALITY = 90
@@ -95,6 +95,15 @@ class PlannedSample:
     key: str
     label: int
     meta: dict[str, Any]         # becomes <key>.json (plus the stored image size)
+
+
+@dataclass
+class SampleResult:
+    """What a worker hands back for one planned sample: its tar bytes, or why it was skipped."""
+    recipe_line: bytes
+    reason: str | None = None
+    blob: bytes = b""            # the sample's tar members, headers and padding included
+    entries: list[tuple[str, int, int, str]] = field(default_factory=list)   # (ext, offset in blob, size, name)
 
 
 @dataclass
@@ -188,13 +197,12 @@ def shard_dataset(root: str | Path, out: str | Path, splits: Sequence[str] | Non
         _fail_on_row_problems(ds)
     wanted = [s for s in SPLITS if s in ds.splits]
     workers = workers or default_workers()
-    normalize = functools.partial(normalize_file, max_side=options.max_side, quality=options.quality,
-                                  max_pixels=options.max_pixels)
+    build = functools.partial(build_sample, options=options)
     manifests = {}
     with _worker_map(workers) as parallel_map:
         for split in wanted:
             folder = Path(out) / split
-            result = shard_split(ds, split, folder, options, parallel_map, normalize, progress)
+            result = shard_split(ds, split, folder, options, parallel_map, build, progress)
             manifest = _build_manifest(ds, split, result, options, edges, bin_names)
             manifest.save(folder)
             manifest.root = folder
@@ -224,7 +232,7 @@ class _worker_map:
         # fork: workers only need PIL/numpy and start instantly; nothing they run touches the parent's threads
         context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
         self.pool = context.Pool(self.workers)
-        return lambda fn, items: self.pool.imap(fn, items, chunksize=4)
+        return lambda fn, items: self.pool.imap(fn, items, chunksize=16)   # fewer round trips
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
@@ -244,7 +252,8 @@ def _fail_on_row_problems(ds: FishVista) -> None:
 # ---------------------------------------------------------------- one split
 
 def shard_split(ds: FishVista, split: str, folder: Path, options: ShardOptions,
-                parallel_map: Callable, normalize: Callable[[str], Normalized], progress: bool = True) -> SplitResult:
+                parallel_map: Callable, build: Callable[[PlannedSample], SampleResult],
+                progress: bool = True) -> SplitResult:
     """Write (or resume) one split's shards; the manifest is written by the caller."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST_NAME).unlink(missing_ok=True)   # an old manifest must not vouch for half-new shards
@@ -258,13 +267,21 @@ def shard_split(ds: FishVista, split: str, folder: Path, options: ShardOptions,
     bar = tqdm(total=len(plan), initial=result.position, desc=f"shard {split}", unit="img", file=sys.stderr,
                disable=None if progress else True, dynamic_ncols=True)
     with bar:
-        outcomes = parallel_map(normalize, [s.image_path for s in remaining])
-        _write_from(folder, split, remaining, outcomes, header, options, result, bar)
+        _write_from(folder, split, remaining, parallel_map(build, remaining), header, options, result, bar)
     _remove_stale_shards(folder, split, len(result.shards))
     return result
 
 
-def _write_from(folder: Path, split: str, samples: list[PlannedSample], outcomes: Iterable[Normalized],
+def build_sample(sample: PlannedSample, options: ShardOptions) -> SampleResult:
+    """Worker side: normalize the image and serialize the sample's tar members (the parent only appends)."""
+    outcome = normalize_file(sample.image_path, options.max_side, options.quality, options.max_pixels)
+    line = _recipe_line(sample, outcome.source_sha256)
+    if outcome.reason is not None:
+        return SampleResult(line, outcome.reason)
+    return SampleResult(line, None, *sample_blob(sample.key, _members(sample, outcome)))
+
+
+def _write_from(folder: Path, split: str, samples: list[PlannedSample], outcomes: Iterable[SampleResult],
                 header: bytes, options: ShardOptions, result: SplitResult, bar: tqdm) -> None:
     """Consume plan samples in order, filling shards; an error or interruption leaves no partial shard."""
     filler = _ShardFiller(folder, split, header, options, result)
@@ -291,8 +308,8 @@ class _ShardFiller:
         self.skipped: list[dict[str, Any]] = []
         self.keys_labels: list[tuple[str, int]] = []
 
-    def feed(self, sample: PlannedSample, outcome: Normalized) -> None:
-        self.recipe.update(_recipe_line(sample, outcome.source_sha256))
+    def feed(self, sample: PlannedSample, outcome: SampleResult) -> None:
+        self.recipe.update(outcome.recipe_line)
         self.stop = sample.position + 1
         if outcome.reason is not None:
             if self.options.on_error == "fail":
@@ -302,7 +319,7 @@ class _ShardFiller:
             return
         if self.writer is None:
             self.writer = ShardWriter(self.folder / f"{self.split}-{len(self.result.shards):06d}.tar")
-        self.writer.add(sample.key, _members(sample, outcome))
+        self.writer.add_blob(outcome.blob, outcome.entries)
         self.keys_labels.append((sample.key, sample.label))
         if _is_full(self.writer, self.options):
             self._close()

@@ -36,10 +36,8 @@ def index_path_for(tar_path: str | Path) -> Path:
     return tar_path.with_name(tar_path.name.split(".", 1)[0] + ".idx")
 
 
-def member_header(name: str, size: int) -> bytes:
-    """A 512-byte ustar header with the fixed metadata."""
-    if len(name.encode("utf-8")) > MAX_NAME:
-        raise FishscaleError(f"tar member name {name!r} is longer than {MAX_NAME} bytes")
+def _slow_member_header(name: str, size: int) -> bytes:
+    """The reference: Python's tarfile building the ustar header with our fixed metadata."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = TAR_MTIME
@@ -47,6 +45,39 @@ def member_header(name: str, size: int) -> bytes:
     info.uid, info.gid, info.uname, info.gname = TAR_OWNER
     info.type = tarfile.REGTYPE
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+_HEADER_TEMPLATE = bytearray(_slow_member_header("", 0))
+_HEADER_TEMPLATE[124:136] = bytes(12)                # size: filled per member
+_HEADER_TEMPLATE[148:156] = b" " * 8                 # the checksum is summed with its own field as spaces
+_TEMPLATE_SUM = sum(_HEADER_TEMPLATE)
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The same 512 bytes as tarfile's ustar header, built ~20x faster (it is per member, in the writer)."""
+    encoded = name.encode("utf-8")
+    if len(encoded) > MAX_NAME:
+        raise FishscaleError(f"tar member name {name!r} is longer than {MAX_NAME} bytes")
+    size_field = b"%011o\0" % size
+    header = bytearray(_HEADER_TEMPLATE)
+    header[0:len(encoded)] = encoded
+    header[124:136] = size_field
+    header[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(encoded) + sum(size_field))
+    return bytes(header)
+
+
+def sample_blob(key: str, members: list[tuple[str, bytes]]) -> tuple[bytes, list[tuple[str, int, int, str]]]:
+    """One sample's tar bytes (``<key>.<ext>`` members in the given order, headers and padding included)
+    and, per member, (ext, data offset within the blob, size, name)."""
+    if "." in key or "/" in key or not key:
+        raise FishscaleError(f"sample key {key!r} must be non-empty, without dots or slashes")
+    parts, entries, offset = [], [], 0
+    for ext, data in members:
+        name = f"{key}.{ext}"
+        parts += [member_header(name, len(data)), data, b"\0" * (-len(data) % BLOCK)]
+        entries.append((ext, offset + BLOCK, len(data), name))
+        offset += BLOCK + len(data) + len(parts[-1])
+    return b"".join(parts), entries
 
 
 class ShardWriter:
@@ -67,16 +98,13 @@ class ShardWriter:
 
     def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
         """Append one sample: members ``<key>.<ext>`` in the given order."""
-        if "." in key or "/" in key or not key:
-            raise FishscaleError(f"sample key {key!r} must be non-empty, without dots or slashes")
-        entries = []
-        for ext, data in members:
-            name = f"{key}.{ext}"
-            self._write(member_header(name, len(data)))
-            entries.append((ext, self.size, len(data), name))
-            self._write(data)
-            self._write(b"\0" * (-len(data) % BLOCK))
-        self.samples.append(entries)
+        self.add_blob(*sample_blob(key, members))
+
+    def add_blob(self, blob: bytes, entries: list[tuple[str, int, int, str]]) -> None:
+        """Append a sample made by ``sample_blob`` (e.g. in a worker process)."""
+        base = self.size
+        self._write(blob)
+        self.samples.append([(ext, base + offset, size, name) for ext, offset, size, name in entries])
 
     def close(self) -> tuple[int, str]:
         """Finish the archive, sync, rename into place, write the index; return (bytes, sha256)."""

@@ -445,3 +445,11 @@ def test_bench_shard_runs_and_reports_ratios(tmp_path):
     table = [line.split() for line in result.output.splitlines() if line.strip().startswith("128 ")]
     assert len(table) == 1 and float(table[0][4]) > 0   # shard/ceiling ratio column
     assert len(list((tmp_path / "imgs" / "Images").glob("*.jpg"))) == 6
+
+
+def test_fast_tar_header_equals_tarfiles():
+    from fishscale.tarwrite import _slow_member_header, member_header
+    for name, size in [("a.jpg", 0), ("k" * 95 + ".json", 8**11 - 1), ("INHS_FISH_1_0.cls", 1), ("x.jpg", 512)]:
+        assert member_header(name, size) == _slow_member_header(name, size), name
+    with pytest.raises(Exception, match="longer than 100"):
+        member_header("k" * 101, 1)

@@ -22,10 +22,13 @@ import csv
 import functools
 import io
 import multiprocessing
+import resource
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -58,51 +61,68 @@ def ceiling_work(path: str, max_side: int | None, quality: int, reduced_decode: 
     return buf.tell()
 
 
-def timed_pool_map(fn, items: list[str], workers: int) -> float:
-    """Seconds to run fn over items on `workers` processes (pool already started: pure work)."""
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        pool.map(abs, range(workers))   # workers are up before the clock starts
-        start = time.perf_counter()
+@dataclass
+class Timing:
+    """Wall seconds and CPU seconds (this process + its finished children) of one measurement."""
+    wall: float
+    cpu: float
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn, *args, **kwargs) -> tuple[Timing, object]:
+    """Run fn; pools must be joined inside it so their workers' CPU time is counted."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    value = fn(*args, **kwargs)
+    return Timing(time.perf_counter() - wall, cpu_seconds() - cpu), value
+
+
+def pool_map(fn, items: list[str], workers: int) -> None:
+    """fn over items on `workers` processes, started and joined here (as shard_dataset does)."""
+    if workers <= 1:
+        for item in items:
+            fn(item)
+        return
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
         for _ in pool.imap_unordered(fn, items, chunksize=4):
             pass
-        return time.perf_counter() - start
+    finally:
+        pool.close()
+        pool.join()
 
 
-def timed_shard(root: Path, out: Path, max_side: int | None, quality: int, workers: int) -> tuple[float, int]:
-    """Seconds for a fresh `shard_dataset` of the train split, and the bytes of the tars written."""
+def shard_bytes(root: Path, out: Path, max_side: int | None, quality: int, workers: int) -> int:
+    """A fresh `shard_dataset` of the train split; returns the bytes of the tars written."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
     manifest = shard_dataset(root, out, splits=["train"], max_side=max_side, quality=quality, workers=workers,
                              progress=False)["train"]
-    seconds = time.perf_counter() - start
-    return seconds, sum(s.bytes for s in manifest.shards)
+    return sum(s.bytes for s in manifest.shards)
 
 
-def timed_tar(root: Path, paths: list[str], out: Path) -> float:
-    """Seconds for GNU tar to pack exactly these files."""
+def tar_files(root: Path, paths: list[str], out: Path) -> None:
+    """GNU tar of exactly these files."""
     listing = out.with_suffix(".list")
     listing.write_text("\n".join(str(Path(p).relative_to(root)) for p in paths) + "\n")
-    start = time.perf_counter()
     subprocess.run(["tar", "-cf", str(out), "-C", str(root), "-T", str(listing)], check=True)
-    seconds = time.perf_counter() - start
-    out.unlink()
-    return seconds
 
 
 def stored_decode_rate(shard_folder: Path, limit: int = 200) -> float:
-    """Images/s one core decodes the stored JPEGs at (the per-epoch cost training pays)."""
-    import tarfile
-    blobs = []
+    """Images per CPU-second one process decodes the stored JPEGs at (what every training epoch pays)."""
+    blobs: list[bytes] = []
     for tar_path in sorted(shard_folder.glob("*.tar")):
         with tarfile.open(tar_path) as tar:
             blobs += [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
         if len(blobs) >= limit:
             break
     blobs = blobs[:limit]
-    start = time.perf_counter()
+    start = time.process_time()
     for blob in blobs:
         Image.open(io.BytesIO(blob)).convert("RGB")
-    return len(blobs) / (time.perf_counter() - start)
+    return len(blobs) / max(time.process_time() - start, 1e-9)
 
 
 # ----------------------------------------------------------------------------- generated sources
@@ -145,35 +165,40 @@ def make_large_dataset(root: Path, images: int, side: int, workers: int) -> Path
 
 def run_bench(root: Path, work: Path, max_sides: list[int | None], workers_list: list[int], quality: int,
               repeat: int) -> list[dict]:
+    """One row per (max side, workers): best-of-`repeat` wall and CPU times of each contender."""
     paths = [str(p) for p in load_dataset(root, ["train"]).splits["train"]["image_path"]]
     n = len(paths)
-    tar_s = min(timed_tar(root, paths, work / "raw.tar") for _ in range(repeat))
+    tar_wall = min(timed(tar_files, root, paths, work / "raw.tar")[0].wall for _ in range(repeat))
     rows = []
     for max_side in max_sides:
         for workers in workers_list:
             ceiling = functools.partial(ceiling_work, max_side=max_side, quality=quality)
             naive = functools.partial(ceiling_work, max_side=max_side, quality=quality, reduced_decode=False)
-            times = {"ceiling": [], "full": [], "shard": []}
+            times: dict[str, list[Timing]] = {"ceiling": [], "shard": [], "full": []}
             for _ in range(repeat):   # alternate, so drift on a shared machine hits all alike
-                times["ceiling"].append(timed_pool_map(ceiling, paths, workers))
-                seconds, shard_bytes = timed_shard(root, work / "shards", max_side, quality, workers)
-                times["shard"].append(seconds)
-                times["full"].append(timed_pool_map(naive, paths, workers))
-            rows.append({"max_side": max_side or 0, "workers": workers, "images": n,
-                         **{k: n / min(v) for k, v in times.items()}, "tar": n / tar_s,
-                         "kb_per_image": shard_bytes / n / 1e3,
-                         "stored_decode": stored_decode_rate(work / "shards" / "train")})
+                times["ceiling"].append(timed(pool_map, ceiling, paths, workers)[0])
+                timing, written = timed(shard_bytes, root, work / "shards", max_side, quality, workers)
+                times["shard"].append(timing)
+                times["full"].append(timed(pool_map, naive, paths, workers)[0])
+            row = {"max_side": max_side or 0, "workers": workers, "images": n, "tar": n / tar_wall,
+                   "kb_per_image": written / n / 1e3, "stored_decode": stored_decode_rate(work / "shards" / "train")}
+            for name, runs in times.items():
+                row[name] = n / min(t.wall for t in runs)            # images/s, wall clock
+                row[f"{name}_cpu"] = n / min(t.cpu for t in runs)    # images per CPU-second
+            rows.append(row)
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = (f"{'max side':>8} {'workers':>7} {'shard img/s':>11} {'ceiling':>8} {'shard/ceil':>10} "
-            f"{'full-decode':>11} {'tar -cf':>8} {'KB/img':>7} {'epoch decode img/s/core':>23}")
+    head = (f"{'max side':>8} {'workers':>7} {'shard img/s':>11} {'ceiling':>8} {'ratio':>6} {'cpu ratio':>9} "
+            f"{'full-decode':>11} {'tar -cf':>8} {'KB/img':>7} {'epoch decode img/cpu-s':>22}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['max_side'] or 'source':>8} {r['workers']:>7} {r['shard']:>11.1f} {r['ceiling']:>8.1f} "
-                     f"{r['shard'] / r['ceiling']:>10.2f} {r['full']:>11.1f} {r['tar']:>8.0f} "
-                     f"{r['kb_per_image']:>7.1f} {r['stored_decode']:>23.0f}")
+                     f"{r['shard'] / r['ceiling']:>6.2f} {r['shard_cpu'] / r['ceiling_cpu']:>9.2f} "
+                     f"{r['full']:>11.1f} {r['tar']:>8.0f} {r['kb_per_image']:>7.1f} {r['stored_decode']:>22.0f}")
+    lines.append("ratio: shard / ceiling images per wall second; cpu ratio: the same per CPU-second "
+                 "(robust on a busy machine); full-decode: the ceiling without reduced-scale JPEG decoding")
     for max_side in dict.fromkeys(r["max_side"] for r in rows):
         same = sorted((r for r in rows if r["max_side"] == max_side), key=lambda r: r["workers"])
         if len(same) > 1:
