@@ -25,9 +25,10 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
+from fishscale.dataset import SPLITS
 from fishscale.errors import FishscaleError
 from fishscale.imagefix import DEFAULT_MAX_PIXELS
-from fishscale.manifest import Manifest, ShardInfo, load_manifest
+from fishscale.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
 from fishscale.tarwrite import read_index
 
 MAX_PROBLEMS_PER_SHARD = 20
@@ -223,13 +224,22 @@ def verify_command(split_folder: Path, workers: int | None) -> None:
     """Re-read every shard in SPLIT_FOLDER (e.g. shards/train) against its manifest.json.
 
     Prints each problem (sha256, size, members, labels, image decoding, index) and exits
-    non-zero if there is any.
+    non-zero if there is any. Given the parent folder (shards/), verifies every split in it.
     """
     from fishscale.shard import default_workers
-    problems = verify_split(split_folder, workers or default_workers())
-    for problem in problems:
-        click.echo(f"{split_folder}/{problem}", err=True)
-    if problems:
-        raise FishscaleError(f"{split_folder}: {len(problems)} problem(s) found")
-    manifest = load_manifest(split_folder)
-    click.echo(f"ok: {split_folder}: {manifest.num_samples} samples in {len(manifest.shards)} shards verified")
+    folders = [split_folder]
+    if not (split_folder / MANIFEST_NAME).exists():
+        order = {name: i for i, name in enumerate(SPLITS)}
+        folders = sorted((p.parent for p in split_folder.glob(f"*/{MANIFEST_NAME}")),
+                         key=lambda f: (order.get(f.name, len(order)), f.name)) or folders
+    total = 0
+    for folder in folders:
+        problems = verify_split(folder, workers or default_workers())
+        for problem in problems:
+            click.echo(f"{folder}/{problem}", err=True)
+        if not problems:
+            manifest = load_manifest(folder)
+            click.echo(f"ok: {folder}: {manifest.num_samples} samples in {len(manifest.shards)} shards verified")
+        total += len(problems)
+    if total:
+        raise FishscaleError(f"{split_folder}: {total} problem(s) found")

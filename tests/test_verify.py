@@ -43,6 +43,10 @@ def test_clean_shards_verify(tiny_shards):
     result = CliRunner().invoke(cli, ["verify", str(tiny_shards / "train"), "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "ok:" in result.output and "1201 samples" in result.output
+    every_split = CliRunner().invoke(cli, ["verify", str(tiny_shards), "--workers", "2"])
+    assert every_split.exit_code == 0, every_split.output
+    assert [line.split()[1].rstrip(":").rsplit("/", 1)[1] for line in every_split.output.splitlines()
+            if line.startswith("ok:")] == ["train", "val", "test"]
 
 
 def test_flipped_byte_in_a_label_is_caught(val_copy):
