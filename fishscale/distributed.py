@@ -65,8 +65,16 @@ def share_cpu_cores() -> None:
     torch.set_num_threads(max(1, cores // max(1, local_ranks)))
 
 
+def pick_accelerator() -> None:
+    """Tell DeepSpeed it is on the CPU when no GPU is visible (instead of a warning per rank);
+    set before DeepSpeed is imported, and inherited by the ranks a launcher starts."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def init_distributed() -> DistInfo:
     """Start (once) the process group through deepspeed.comm; return this process's place."""
+    pick_accelerator()
     import deepspeed
     import deepspeed.comm as dist
     from deepspeed.accelerator import get_accelerator

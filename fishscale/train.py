@@ -125,8 +125,9 @@ def check_config(cfg: Config) -> None:
     if metric not in VAL_METRICS:
         raise FishscaleError(f"config: train.best_metric must be one of {', '.join(VAL_METRICS)}, got {metric!r}")
     for i, phase in enumerate(cfg.phases):
-        if phase.epochs < 0:
-            raise FishscaleError(f"config: phases[{i}].epochs must be >= 0, got {phase.epochs}")
+        if phase.epochs < 1:
+            raise FishscaleError(f"config: phases[{i}].epochs must be >= 1, got {phase.epochs} "
+                                 f"(leave a phase out instead of giving it no epochs)")
     if cfg.train.max_nonfinite_steps < 1:
         raise FishscaleError("config: train.max_nonfinite_steps must be >= 1")
     if cfg.train.log_every_steps < 1:
@@ -371,6 +372,7 @@ def end_epoch(ctx: Ctx, engine, phase_start: dict[str, torch.Tensor], epoch: int
     improved = is_better(value, progress.best_value, metric) or (val is None)
     if val is not None:
         ctx.log.write({"kind": "val", "phase": progress.phase, "epoch": epoch, "step": progress.step,
+                       "images": val["num_images"],
                        **{k: val.get(k) for k in ("loss", "top1", "top5", "macro_acc", "macro_f1")},
                        "bins": val["bins"]})
         ctx.log.echo(f"epoch {epoch}: val loss {_fmt(val.get('loss'))} top1 {_fmt(val.get('top1'))} "
@@ -435,7 +437,7 @@ def main(cfg: Config, resume: str = "auto") -> dict[str, Any]:
     first_epoch = phase_epochs(cfg)
     weights = None
     for index, phase in enumerate(cfg.phases):
-        if index < progress.phase or phase.epochs == 0:
+        if index < progress.phase:
             continue
         # mid-phase checkpoint: engine state + RNG; at a phase boundary the weights file is all
         resume_here = point if point is not None and point.needs_engine_state and point.engine_phase == index else None
@@ -493,6 +495,8 @@ def launch_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from fishscale.distributed import pick_accelerator
+    pick_accelerator()
     try:
         cfg = load_config(args.config, args.overrides)
         main(cfg, resume="always" if args.resume else "auto")
@@ -543,6 +547,8 @@ def train_command(config_path: Path, nproc: int, resume: bool, overrides: tuple[
         main(cfg, resume="always" if resume else "auto")
         shutdown()
         return
+    from fishscale.distributed import pick_accelerator
+    pick_accelerator()
     result = subprocess.run(launcher_command(config_path, nproc, resume, overrides))
     if result.returncode != 0:
         raise FishscaleError(f"training failed (the deepspeed launcher exited {result.returncode}; "
