@@ -58,8 +58,9 @@ def quickstart(out: Path, nproc: int = 1, backend: str = "dali") -> Path:
     run_stage("train", ["train", "--config", str(QUICKSTART_CONFIG), "--nproc", str(nproc),
                         f"data.shards={shards}", f"train.out={run}", f"data.backend={backend}"],
               lambda: (run / "summary.json").is_file(), log)
+    # eval saves <run>/eval/test.json and test.predictions.csv by itself
     run_stage("eval", ["eval", str(run), "--shards", str(shards / "test"), "--bins",
-                       "--json", str(eval_json), "--markdown", str(run / "eval" / "test.md")],
+                       "--markdown", str(run / "eval" / "test.md")],
               eval_json.is_file, log)
     run_stage("report", ["report", str(run), "--out", str(report_dir)],
               lambda: (report_dir / "README.md").is_file(), log)
