@@ -66,18 +66,22 @@ class Timing:
     """Wall seconds and CPU seconds (this process + its finished children) of one measurement."""
     wall: float
     cpu: float
+    cpu_parent: float   # this process alone: the serial part when workers > 1
 
 
-def cpu_seconds() -> float:
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds of this process and its finished children, of this process alone)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    parent = own.ru_utime + own.ru_stime
+    return parent + children.ru_utime + children.ru_stime, parent
 
 
 def timed(fn, *args, **kwargs) -> tuple[Timing, object]:
     """Run fn; pools must be joined inside it so their workers' CPU time is counted."""
-    wall, cpu = time.perf_counter(), cpu_seconds()
+    wall, (cpu, parent) = time.perf_counter(), cpu_seconds()
     value = fn(*args, **kwargs)
-    return Timing(time.perf_counter() - wall, cpu_seconds() - cpu), value
+    cpu_after, parent_after = cpu_seconds()
+    return Timing(time.perf_counter() - wall, cpu_after - cpu, parent_after - parent), value
 
 
 def pool_map(fn, items: list[str], workers: int) -> None:
@@ -182,6 +186,8 @@ def run_bench(root: Path, work: Path, max_sides: list[int | None], workers_list:
                 times["full"].append(timed(pool_map, naive, paths, workers)[0])
             row = {"max_side": max_side or 0, "workers": workers, "images": n, "tar": n / tar_wall,
                    "kb_per_image": written / n / 1e3, "stored_decode": stored_decode_rate(work / "shards" / "train")}
+            best_shard = min(times["shard"], key=lambda t: t.cpu)
+            row["parent_share"] = best_shard.cpu_parent / best_shard.cpu if workers > 1 else float("nan")
             for name, runs in times.items():
                 row[name] = n / min(t.wall for t in runs)            # images/s, wall clock
                 row[f"{name}_cpu"] = n / min(t.cpu for t in runs)    # images per CPU-second
@@ -191,14 +197,16 @@ def run_bench(root: Path, work: Path, max_sides: list[int | None], workers_list:
 
 def format_rows(rows: list[dict]) -> str:
     head = (f"{'max side':>8} {'workers':>7} {'shard img/s':>11} {'ceiling':>8} {'ratio':>6} {'cpu ratio':>9} "
-            f"{'full-decode':>11} {'tar -cf':>8} {'KB/img':>7} {'epoch decode img/cpu-s':>22}")
+            f"{'parent':>6} {'full-decode':>11} {'tar -cf':>8} {'KB/img':>7} {'epoch decode img/cpu-s':>22}")
     lines = [head]
     for r in rows:
         lines.append(f"{r['max_side'] or 'source':>8} {r['workers']:>7} {r['shard']:>11.1f} {r['ceiling']:>8.1f} "
                      f"{r['shard'] / r['ceiling']:>6.2f} {r['shard_cpu'] / r['ceiling_cpu']:>9.2f} "
+                     f"{'-' if r['workers'] == 1 else format(r['parent_share'], '.0%'):>6} "
                      f"{r['full']:>11.1f} {r['tar']:>8.0f} {r['kb_per_image']:>7.1f} {r['stored_decode']:>22.0f}")
     lines.append("ratio: shard / ceiling images per wall second; cpu ratio: the same per CPU-second "
-                 "(robust on a busy machine); full-decode: the ceiling without reduced-scale JPEG decoding")
+                 "(robust on a busy machine); parent: the shard run's CPU spent in the writing process, the serial "
+                 "part that bounds scaling (1/parent); full-decode: the ceiling without reduced-scale JPEG decoding")
     for max_side in dict.fromkeys(r["max_side"] for r in rows):
         same = sorted((r for r in rows if r["max_side"] == max_side), key=lambda r: r["workers"])
         if len(same) > 1:
