@@ -80,7 +80,7 @@ class RunLog:
         if step is None or kind not in ("train", "val"):
             return
         for key, value in record.items():
-            if key in ("kind", "step", "epoch", "phase") or isinstance(value, bool):
+            if key in ("kind", "step", "epoch", "phase", "batch", "images") or isinstance(value, bool):
                 continue
             if isinstance(value, (int, float)) and value is not None and math.isfinite(value):
                 self._tb.add_scalar(f"{kind}/{key}", value, step)
