@@ -128,6 +128,12 @@ def test_two_ranks_under_the_launcher_train_and_the_loss_falls(runs, stage):
     assert len(val) == 2 and val["top1"].between(0, 1).all() and "bins" in val.columns
     assert (val["images"] == 105).all()                       # every val image once, over both ranks
     assert (frame["kind"] == "summary").sum() == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    tb_loss = {e.step: e.value for e in events.Scalars("train/loss")}
+    np.testing.assert_allclose([tb_loss[s] for s in losses.index], losses.to_numpy(), rtol=1e-6)
+    assert len(events.Scalars("val/macro_acc")) == 2 and len(events.Scalars("val/bin_acc/majority")) == 2
     # consolidated fp32 weights of the plain timm model (ZeRO-3: gathered from both ranks)
     for name in ("best", "last"):
         weights = load_file(str(run / f"{name}.safetensors"))
