@@ -39,6 +39,7 @@ RECIPES: dict[str, list[str]] = {
     "logit-adjusted": ["loss.name=logit-adjusted", "loss.tau=1"],
     "ce-sqrt": ["loss.name=ce", "sampler.strategy=sqrt"],
     "ce-balanced": ["loss.name=ce", "sampler.strategy=balanced"],
+    "focal-sqrt": ["loss.name=focal", "loss.gamma=2", "sampler.strategy=sqrt"],   # reference + sqrt sampler
     "la-sqrt": ["loss.name=logit-adjusted", "loss.tau=1", "sampler.strategy=sqrt"],
 }
 REFERENCE = "focal"
