@@ -36,8 +36,8 @@ def run_stage(name: str, argv: list[str], done: Callable[[], bool], log: list[st
     result = subprocess.run([sys.executable, "-m", "fishscale.cli", *argv])
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise FishscaleError(f"quickstart stage '{name}' failed (exit {result.returncode}); "
-                             f"re-run `fishscale quickstart` to resume, or run `{command}` to see it alone")
+        raise FishscaleError(f"stage '{name}' failed (exit {result.returncode}); re-run the same "
+                             f"command to resume from the finished stages, or run `{command}` alone")
     log.append(f"{name}: {seconds:.0f} s")
 
 

@@ -14,10 +14,6 @@ Every stage is the `fishscale` command a user would type; finished runs are reus
 from __future__ import annotations
 
 import json
-import math
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +22,7 @@ import click
 import numpy as np
 
 from fishscale.errors import FishscaleError
+from fishscale.quickstart import run_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STUDY_CONFIG = REPO_ROOT / "configs" / "study.yaml"
@@ -46,18 +43,9 @@ REFERENCE = "focal"
 COLUMNS = ("top1", "macro_acc")
 
 
-def fishscale(argv: list[str], done: bool, label: str) -> float:
-    """Run `fishscale <argv>` unless done; return seconds taken."""
-    command = "fishscale " + " ".join(shlex.quote(a) for a in argv)
-    if done:
-        click.secho(f"== {label}: done, reusing", fg="cyan", err=True)
-        return 0.0
-    click.secho(f"== {label}: {command}", fg="cyan", bold=True, err=True)
-    start = time.perf_counter()
-    if subprocess.run([sys.executable, "-m", "fishscale.cli", *argv]).returncode != 0:
-        raise FishscaleError(f"study stage '{label}' failed; re-run `fishscale study` to resume, "
-                             f"or run `{command}` alone to see why")
-    return time.perf_counter() - start
+def fishscale(argv: list[str], done: bool, label: str) -> None:
+    """Run `fishscale <argv>` unless done (the same stage runner as the quickstart)."""
+    run_stage(label, argv, lambda: done, log=[])
 
 
 def prepare_data(out: Path, profile: str, scale: float, seed: int) -> Path:

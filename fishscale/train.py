@@ -49,7 +49,7 @@ from fishscale.bins import bin_index, check_edges
 from fishscale.checkpoint import (Progress, ResumePoint, find_resume_point, load_engine_state, load_weights,
                                   phase_start_path, rank_seed, restore_rng, save_checkpoint, save_weights,
                                   seed_everything, universal_tag)
-from fishscale.config import Config, PhaseConfig, load_config
+from fishscale.config import Config, load_config
 from fishscale.errors import FishscaleError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -127,7 +127,7 @@ def test_train_shapes_dtypes_and_labels_as_in_shard(tiny_shards, backend):
     cfg.sampler.strategy, cfg.sampler.epoch_length = "balanced", 120
     loader = build_loader(cfg, train, train=True, epoch=1)
     assert len(loader) == 3
-    shapes, labels = [], []
+    labels = []
     for images, batch_labels in loader:
         assert images.dtype == torch.float32 and images.shape == (40, 3, SIZE, SIZE)
         assert batch_labels.dtype == torch.int64 and batch_labels.shape == (40,)
