@@ -1,6 +1,6 @@
 """The one config object: YAML defaults, command-line overrides, unknown keys rejected.
 
-    cfg = load_config("configs/quickstart.yaml", ["train.epochs=3", "loss.name=ce"])
+    cfg = load_config("configs/quickstart.yaml", ["phases.1.epochs=3", "loss.name=ce"])
     cfg.model.name, cfg.phases[0].epochs, cfg.to_dict()
 
 Overrides are ``dotted.key=value``; the value is parsed as YAML (``1e-3``, ``true``,
