@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Train image classifiers on huge, long-tailed species datasets (fish-vista).",
     packages=find_packages(include=["fishscale", "fishscale.*"]),
-    package_data={"fishscale": ["data/*.csv"]},
+    package_data={"fishscale.data.synth": ["*.csv"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<=2.14.1",

@@ -12,13 +12,13 @@ from fishscale.errors import FishscaleError
 
 # name -> (module:attribute of a click.Command, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("fishscale.synth:synth_command", "Write a synthetic dataset in fish-vista's exact layout."),
-    "shard": ("fishscale.shard:shard_command", "Pack a dataset into WebDataset tar shards + DALI indexes + manifest."),
-    "verify": ("fishscale.verify:verify_command", "Re-read shards against their manifest; non-zero exit on any problem."),
-    "train": ("fishscale.train:train_command", "Fine-tune a timm model under DeepSpeed ZeRO (one or more ranks)."),
-    "eval": ("fishscale.evaluate:eval_command", "Evaluate a run or checkpoint: top-1/5, macro, per frequency bin."),
-    "report": ("fishscale.report:report_command", "Compare runs side by side: per-bin bars, curves, class histogram."),
-    "export": ("fishscale.export:export_command", "Export the best model as safetensors + config.json + model card."),
+    "synth": ("fishscale.data.synth.write:synth_command", "Write a synthetic dataset in fish-vista's exact layout."),
+    "shard": ("fishscale.shards.shard:shard_command", "Pack a dataset into WebDataset tar shards + DALI indexes + manifest."),
+    "verify": ("fishscale.shards.verify:verify_command", "Re-read shards against their manifest; non-zero exit on any problem."),
+    "train": ("fishscale.train.loop:train_command", "Fine-tune a timm model under DeepSpeed ZeRO (one or more ranks)."),
+    "eval": ("fishscale.evaluate.eval:eval_command", "Evaluate a run or checkpoint: top-1/5, macro, per frequency bin."),
+    "report": ("fishscale.evaluate.report:report_command", "Compare runs side by side: per-bin bars, curves, class histogram."),
+    "export": ("fishscale.evaluate.export:export_command", "Export the best model as safetensors + config.json + model card."),
     "bench": ("fishscale.bench:bench_command", "Benchmarks: shard | loader | train (ratios measured in one run)."),
     "quickstart": ("fishscale.quickstart:quickstart_command", "Run the whole pipeline on a tiny synthetic dataset."),
     "study": ("fishscale.study:study_command", "The long-tail study: several recipes x seeds, one table and chart."),

@@ -17,6 +17,8 @@ import yaml
 
 from fishscale.errors import FishscaleError
 
+# the checkout (or the editable install) that holds configs/: the built-in configs resolve against it
+REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -18,9 +18,9 @@ from typing import Callable
 
 import click
 
+from fishscale.config import REPO_ROOT
 from fishscale.errors import FishscaleError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
 
 
@@ -69,7 +69,7 @@ def quickstart(out: Path, nproc: int = 1, backend: str = "dali") -> Path:
 
 
 def _print_summary(out: Path, run: Path, report_dir: Path, eval_json: Path, log: list[str], seconds: float) -> None:
-    from fishscale.metrics import format_table
+    from fishscale.evaluate.metrics import format_table
     click.echo("")
     click.echo(format_table(json.loads(eval_json.read_text())))
     click.echo("")

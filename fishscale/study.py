@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import click
 import numpy as np
 
+from fishscale.config import REPO_ROOT
 from fishscale.errors import FishscaleError
 from fishscale.quickstart import run_stage
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STUDY_CONFIG = REPO_ROOT / "configs" / "study.yaml"
 UPSTREAM_CONFIG = REPO_ROOT / "configs" / "study_upstream.yaml"
 

@@ -8,12 +8,12 @@
 
 Arguments: --config YAML, [--resume], then dotted.key=value overrides. The launcher's
 --local_rank argument is accepted (or pass --no_local_rank to the launcher; RANK, LOCAL_RANK and
-WORLD_SIZE come from the environment either way). Everything else is fishscale.train; see
+WORLD_SIZE come from the environment either way). Everything else is fishscale.train.loop; see
 docs/training.md. A bad config exits 2 with `error: ...` on every rank.
 """
 import sys
 
-from fishscale.train import launch_main
+from fishscale.train.loop import launch_main
 
 if __name__ == "__main__":
     sys.exit(launch_main())

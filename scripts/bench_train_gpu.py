@@ -8,7 +8,7 @@
 Prints training images/s (median of timed windows after warm-up) and the peak GPU memory
 (torch.cuda.max_memory_allocated), for the reference fish-vista model: configs/fishvista_swin_t.yaml
 (Swin-T with the 768->256 MLP head, focal loss) with random init (no download), the engine and
-config merge fishscale trains with (fishscale.engine: bf16, ZeRO-2, AdamW via torch, clipping 1.0).
+config merge fishscale trains with (fishscale.train.engine: bf16, ZeRO-2, AdamW via torch, clipping 1.0).
 ``--compare-torch`` also times a plain PyTorch loop (torch.autocast bf16, fused AdamW) on the same
 model and batch. For scale: timm's published Swin-T training rate on an RTX 3090 is ~647 img/s
 (AMP, batch 256). The torch loader backend is used because DALI may be absent on the GPU machine.
@@ -44,8 +44,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_shards(folder: Path) -> Path:
-    from fishscale.shard import shard_dataset
-    from fishscale.synth import synthesize
+    from fishscale.shards.shard import shard_dataset
+    from fishscale.data.synth.write import synthesize
     shards = folder / "shards"
     if not (shards / "train" / "manifest.json").is_file():
         data = synthesize(folder / "data", profile="small", seed=0)
@@ -60,8 +60,8 @@ def batches(cfg, shards: Path | None, classes: int, batch: int):
         labels = torch.randint(0, classes, (batch,), device="cuda")
         while True:
             yield images, labels
-    from fishscale.loader import build_loader
-    from fishscale.manifest import load_manifest
+    from fishscale.loader.build import build_loader
+    from fishscale.shards.manifest import load_manifest
     manifest = load_manifest(shards / "train")
     epoch = 0
     while True:
@@ -90,10 +90,10 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("error: no CUDA GPU visible (this benchmark is for GPUs; `fishscale bench train` is the CPU one)")
     from fishscale.config import load_config
-    from fishscale.distributed import init_distributed
-    from fishscale.engine import build_engine, deepspeed_config
-    from fishscale.losses import build_loss
-    from fishscale.model import build_model, param_groups
+    from fishscale.train.distributed import init_distributed
+    from fishscale.train.engine import build_engine, deepspeed_config
+    from fishscale.model.losses import build_loss
+    from fishscale.model.factory import build_model, param_groups
     shards = make_shards(Path(args.synth)) if args.synth else (Path(args.shards) if args.shards else None)
     cfg = load_config(args.config, [
         "model.pretrained=none", "data.backend=torch", "data.device=gpu", f"data.num_workers={args.num_workers}",
@@ -101,7 +101,7 @@ def main() -> None:
         "train.precision=bf16", *([f"data.shards={shards}"] if shards else [])])
     phase = dataclasses.replace(cfg.phases[-1], freeze_backbone=False)
     if shards is not None:
-        from fishscale.manifest import load_manifest
+        from fishscale.shards.manifest import load_manifest
         counts = load_manifest(shards / "train").train_class_counts
     else:
         counts = [10] * args.classes

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Derive fishscale/data/fishvista_species.csv from the real fish-vista val/test CSVs.
+"""Derive fishscale/data/synth/fishvista_species.csv from the real fish-vista val/test CSVs.
 
-    python scripts/derive_species_table.py [--data ../shared/data] [--out fishscale/data/fishvista_species.csv]
+    python scripts/derive_species_table.py [--data ../shared/data] [--out fishscale/data/synth/fishvista_species.csv]
 
 The table has one row per species of FV-1758: ``species, family, train, val, test``. ``val`` and
 ``test`` are the real counts. The training split is not published where we can reach it, so
@@ -28,7 +28,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-DEFAULT_OUT = REPO / "fishscale" / "data" / "fishvista_species.csv"
+DEFAULT_OUT = REPO / "fishscale" / "data" / "synth" / "fishvista_species.csv"
 VAL_CSV = "fishvista_fv1758_classification_val_standardized.csv"
 TEST_CSV = "fishvista_fv1758_classification_test_standardized.csv"
 TRAIN_PER_VAL = 7   # the README's rule: train ~ 7 x val per species

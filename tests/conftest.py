@@ -16,7 +16,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """`fishscale synth --profile tiny --seed 0` output (fish-vista layout)."""
-    from fishscale.synth import synthesize
+    from fishscale.data.synth.write import synthesize
     out = tmp_path_factory.mktemp("synth") / "tiny"
     synthesize(out, profile="tiny", seed=0)
     return out
@@ -25,7 +25,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_dataset, tmp_path_factory) -> Path:
     """The tiny dataset sharded (train, val, test): a folder holding <split>/manifest.json."""
-    from fishscale.shard import shard_dataset
+    from fishscale.shards.shard import shard_dataset
     out = tmp_path_factory.mktemp("shards")
     shard_dataset(tiny_dataset, out, max_side=256, samples_per_shard=200, workers=2, seed=0)
     return out

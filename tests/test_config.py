@@ -138,3 +138,17 @@ def test_fishvista_configs_carry_the_reference_recipe(name, width):
     import timm
     features = timm.create_model(cfg.model.name, pretrained=False, num_classes=0).num_features  # no download
     assert features == width
+
+
+def test_repo_root_holds_the_built_in_configs():
+    """Every built-in config path (quickstart, study, DeepSpeed JSON per ZeRO stage) resolves
+    against one REPO_ROOT; a stage folder moving must not silently lose them."""
+    from fishscale.config import REPO_ROOT
+    from fishscale.quickstart import QUICKSTART_CONFIG
+    from fishscale.study import STUDY_CONFIG, UPSTREAM_CONFIG
+    from fishscale.train.engine import DEEPSPEED_CONFIG_DIR, ZERO_STAGES, base_config_path
+    assert REPO_ROOT == REPO
+    assert QUICKSTART_CONFIG.is_file() and STUDY_CONFIG.is_file() and UPSTREAM_CONFIG.is_file()
+    for stage in ZERO_STAGES:
+        cfg = load_config(None, [f"train.zero_stage={stage}"])
+        assert base_config_path(cfg) == DEEPSPEED_CONFIG_DIR / f"zero{stage}.json" and DEEPSPEED_CONFIG_DIR.is_dir()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fishscale.bins import DEFAULT_BIN_NAMES
-from fishscale.dataset import (COLUMNS, UNKNOWN_LABEL, available_splits, load_dataset, read_split)
+from fishscale.data.bins import DEFAULT_BIN_NAMES
+from fishscale.data.dataset import (COLUMNS, UNKNOWN_LABEL, available_splits, load_dataset, read_split)
 from fishscale.errors import FishscaleError
 
 VAL_CSV = "fishvista_fv1758_classification_val_standardized.csv"

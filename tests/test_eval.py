@@ -1,6 +1,6 @@
 """`fishscale eval`: files it writes, 2 ranks == 1 rank, clean CLI errors.
 
-Runs are built directly (no training): a tiny timm Swin from fishscale.model.build_model with
+Runs are built directly (no training): a tiny timm Swin from fishscale.model.factory.build_model with
 random weights as best.safetensors, config.yaml pointing at the tiny_shards fixture, classes.json
 and a synthetic metrics.jsonl. `make_run` is imported by test_report.py and test_export.py.
 """
@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from fishscale.cli import main
-from fishscale.manifest import load_manifest
+from fishscale.shards.manifest import load_manifest
 
 BATCH = 16   # the tiny test split has 153 samples: neither it nor a rank's half is a multiple of 16
 
@@ -48,7 +48,7 @@ def make_run(folder: Path, shards: Path, *, head: str = "linear", seed: int = 0,
     import torch
     from safetensors.torch import save_file
     from fishscale.config import load_config
-    from fishscale.model import TINY_SWIN_KWARGS, build_model
+    from fishscale.model.factory import TINY_SWIN_KWARGS, build_model
     folder.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, [f"data.shards={shards}", "data.image_size=64", "data.backend=torch",
                              f"model.kwargs={json.dumps(TINY_SWIN_KWARGS)}", f"model.head={head}",

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from fishscale.cli import main
-from fishscale.manifest import load_manifest
-from fishscale.runs import build_run_model, load_run
+from fishscale.shards.manifest import load_manifest
+from fishscale.evaluate.runs import build_run_model, load_run
 from test_eval import make_run
 
 
@@ -41,7 +41,7 @@ def run_card_snippet(out: Path, monkeypatch) -> torch.nn.Module:
 def test_linear_head_round_trip_through_plain_timm(tiny_shards, tmp_path, monkeypatch):
     run = make_run(tmp_path / "run", tiny_shards, seed=3)
     # a saved eval result goes into the card (hand-written here, in eval's format)
-    from fishscale.metrics import evaluate_predictions
+    from fishscale.evaluate.metrics import evaluate_predictions
     manifest = load_manifest(tiny_shards / "train")
     labels = load_manifest(tiny_shards / "test").labels()
     result = evaluate_predictions(labels, labels[:, None], manifest.train_class_counts)

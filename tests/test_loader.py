@@ -20,9 +20,9 @@ from PIL import Image
 
 from fishscale.config import Config
 from fishscale.errors import FishscaleError
-from fishscale.loader import build_loader
+from fishscale.loader.build import build_loader
 from fishscale.loader.members import MemberReader
-from fishscale.manifest import load_manifest
+from fishscale.shards.manifest import load_manifest
 
 SIZE = 64
 AUGMENTATIONS = {"rotate": "rotate_prob", "hflip": "hflip_prob", "vflip": "vflip_prob",
@@ -226,5 +226,43 @@ def test_corrupt_member_is_a_clear_error(tiny_shards, tmp_path, backend):
         shard.write(b"\0" * int(reader.size[50]))
     key = manifest.shards[0].keys[50]
     with pytest.raises(FishscaleError, match=f"{re.escape(str(tmp_path / 'val'))}|{re.escape(key)}"):
+        for _ in build_loader(make_cfg(backend), manifest, train=False):
+            pass
+
+
+def test_jpeg_header_check_passes_every_shard_image_and_names_broken_ones(tiny_shards):
+    """The check the DALI source runs on every member: no complaint about any image the shards
+    hold (PIL, the writer's reader, decodes them all), a reason for each kind of broken header."""
+    from fishscale.loader.members import jpeg_header_problem
+    for split in ("train", "val", "test"):
+        manifest = load_manifest(tiny_shards / split)
+        reader = MemberReader(manifest)
+        for sample_id in range(len(reader)):
+            assert jpeg_header_problem(reader.read(sample_id)) is None, reader.where(sample_id)
+    good = MemberReader(load_manifest(tiny_shards / "val")).read(0)
+    Image.open(io.BytesIO(good)).load()
+    sos = good.index(b"\xff\xda")
+    assert jpeg_header_problem(b"") == jpeg_header_problem(bytes(len(good))) == "does not start with a JPEG SOI marker"
+    assert "no JPEG marker at byte 2 " in jpeg_header_problem(good[:2] + bytes(len(good) - 2))
+    assert "no JPEG marker at byte 20 " in jpeg_header_problem(good[:20])
+    assert "cut off" in jpeg_header_problem(good[:sos + 3])
+    assert "bad length" in jpeg_header_problem(good[:4] + b"\x00\x01" + good[6:])
+    assert jpeg_header_problem(good[:2] + good[sos:]) == "JPEG has no frame header before its scan"
+    assert jpeg_header_problem(good[:sos] + bytes(len(good) - sos)) is not None
+    assert jpeg_header_problem(good[:len(good) // 2 + sos // 2]) is None      # a cut scan is the decoder's business
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_broken_jpeg_header_is_a_clear_error(tiny_shards, tmp_path, backend):
+    """A member whose JPEG header is zeroed after its SOI marker (DALI's CPU decoder can crash the
+    process on such a header instead of raising): a FishscaleError naming the shard and the sample."""
+    shutil.copytree(tiny_shards / "val", tmp_path / "val")
+    manifest = load_manifest(tmp_path / "val")
+    reader = MemberReader(manifest)
+    with open(manifest.shard_paths()[0], "r+b") as shard:
+        shard.seek(int(reader.offset[50]) + 2)
+        shard.write(b"\0" * 200)
+    key = manifest.shards[0].keys[50]
+    with pytest.raises(FishscaleError, match=re.escape(key)):
         for _ in build_loader(make_cfg(backend), manifest, train=False):
             pass

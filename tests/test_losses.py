@@ -9,7 +9,7 @@ from kornia.losses import focal_loss as kornia_focal_loss
 
 from fishscale.config import LossConfig
 from fishscale.errors import FishscaleError
-from fishscale.losses import (FocalLoss, LDAMLoss, build_loss, effective_number_weights,
+from fishscale.model.losses import (FocalLoss, LDAMLoss, build_loss, effective_number_weights,
                               fishvista_alpha)
 
 COUNTS = [500, 120, 30, 8, 2, 1]

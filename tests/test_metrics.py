@@ -1,4 +1,4 @@
-"""fishscale.metrics: a hand-built case, scikit-learn agreement, bin edges, table formats."""
+"""fishscale.evaluate.metrics: a hand-built case, scikit-learn agreement, bin edges, table formats."""
 from __future__ import annotations
 
 import io
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, top_k_accuracy_score
 
-from fishscale.bins import UNSEEN_BIN
+from fishscale.data.bins import UNSEEN_BIN
 from fishscale.errors import FishscaleError
-from fishscale.metrics import evaluate_predictions, format_table, to_csv, to_markdown, topk_indices
+from fishscale.evaluate.metrics import evaluate_predictions, format_table, to_csv, to_markdown, topk_indices
 
 # classes 0..6; bins by count: 9 ultra-rare, 10 minority, 99 minority, 100 neutral, 499 neutral,
 # 500 majority, 3 ultra-rare

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from fishscale.config import ModelConfig, OptimConfig, PhaseConfig
 from fishscale.errors import FishscaleError
-from fishscale.model import (TINY_SWIN_KWARGS, build_model, head_parameters, param_groups,
+from fishscale.model.factory import (TINY_SWIN_KWARGS, build_model, head_parameters, param_groups,
                              set_backbone_trainable)
 
 SIZE = 64

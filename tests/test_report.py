@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fishscale.cli import main
-from fishscale.evaluate import run_eval, save_outputs
-from fishscale.metrics import evaluate_predictions
-from fishscale.runs import load_run
+from fishscale.evaluate.eval import run_eval, save_outputs
+from fishscale.evaluate.metrics import evaluate_predictions
+from fishscale.evaluate.runs import load_run
 from test_eval import make_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +60,7 @@ def test_report_writes_pngs_page_and_comparison(runs, tmp_path):
 
 
 def test_confused_pairs_match_the_predictions_file(runs, tmp_path):
-    from fishscale.report import confused_pairs
+    from fishscale.evaluate.report import confused_pairs
     a, _ = runs
     run = load_run(a)
     classes = run.classes()
@@ -87,7 +87,7 @@ def test_report_evaluates_a_run_when_shards_given(runs, tiny_shards, tmp_path):
 
 
 def test_plots_handle_unseen_rows_and_empty_bins(tmp_path):
-    from fishscale import plots
+    from fishscale.evaluate import plots
     counts = [3, 30, 300, 3000]
     result = evaluate_predictions([0, 0, 1, -1], np.array([[0], [1], [1], [2]]), counts)   # neutral, majority empty
     assert result["bins"]["neutral"]["acc"] is None

@@ -10,9 +10,9 @@ import pytest
 
 from fishscale.config import Config, SamplerConfig
 from fishscale.errors import FishscaleError
-from fishscale.loader import build_loader
-from fishscale.manifest import Manifest, ShardInfo
-from fishscale.sampler import plan_epoch, rank_batches
+from fishscale.loader.build import build_loader
+from fishscale.shards.manifest import Manifest, ShardInfo
+from fishscale.loader.sampler import plan_epoch, rank_batches
 
 COUNTS = [800, 400, 200, 120, 60, 30, 15, 8, 4, 2, 1]     # long tail, 1640 samples
 

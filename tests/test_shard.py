@@ -25,9 +25,10 @@ from click.testing import CliRunner
 from PIL import Image, ImageOps
 
 from fishscale.cli import main as cli
-from fishscale.imagefix import normalize_bytes, target_size
-from fishscale.manifest import load_manifest
-from fishscale.shard import reason_kind, read_index, sample_keys, shard_dataset
+from fishscale.shards.imagefix import normalize_bytes, target_size
+from fishscale.shards.manifest import load_manifest
+from fishscale.shards.shard import reason_kind, sample_keys, shard_dataset
+from fishscale.shards.tarwrite import read_index
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -448,7 +449,7 @@ def test_bench_shard_runs_and_reports_ratios(tmp_path):
 
 
 def test_fast_tar_header_equals_tarfiles():
-    from fishscale.tarwrite import _slow_member_header, member_header
+    from fishscale.shards.tarwrite import _slow_member_header, member_header
     for name, size in [("a.jpg", 0), ("k" * 95 + ".json", 8**11 - 1), ("INHS_FISH_1_0.cls", 1), ("x.jpg", 512)]:
         assert member_header(name, size) == _slow_member_header(name, size), name
     with pytest.raises(Exception, match="longer than 100"):

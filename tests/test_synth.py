@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fishscale.cli import main as cli
-from fishscale.dataset import COLUMNS, SPLITS, load_dataset
+from fishscale.data.dataset import COLUMNS, SPLITS, load_dataset
 from fishscale.errors import FishscaleError
-from fishscale.synth import (IMAGE_SIDES, ImageJob, default_workers, plan_dataset, render_image, species_table,
-                             species_traits, synthesize)
+from fishscale.data.synth.profiles import IMAGE_SIDES, species_table
+from fishscale.data.synth.traits import species_traits
+from fishscale.data.synth.write import ImageJob, default_workers, plan_dataset, render_image, synthesize
 
 VAL_CSV = "fishvista_fv1758_classification_val_standardized.csv"
 TEST_CSV = "fishvista_fv1758_classification_test_standardized.csv"
@@ -290,7 +291,7 @@ def test_never_replaces_a_real_dataset_root(tmp_path):
 
 
 def test_upstream_profile_is_balanced_and_disjoint_from_the_study_classes():
-    from fishscale.synth import species_table
+    from fishscale.data.synth.profiles import species_table
     upstream, small, tiny = (species_table(p) for p in ("upstream", "small", "tiny"))
     assert len(upstream) == 80 and set(upstream["train"]) == {40}
     families = set(upstream["family"].str.lower())

@@ -96,7 +96,7 @@ def train_losses(run: Path) -> pd.Series:
 
 
 def expected_keys(run: Path) -> set[str]:
-    from fishscale.model import build_model
+    from fishscale.model.factory import build_model
     cfg = load_config(run / "config.yaml")
     classes = json.loads((run / "classes.json").read_text())
     return set(build_model(cfg.model, len(classes["class_names"]), cfg.data.image_size).state_dict())
@@ -231,7 +231,7 @@ def test_resume_at_another_world_size_keeps_the_order(runs, config_file, tmp_pat
 # ---------------------------------------------------------------- nodes by hand
 
 def test_two_nodes_started_by_hand_with_no_ssh(runs, config_file, tmp_path):
-    from fishscale.distributed import free_port
+    from fishscale.train.distributed import free_port
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     out, port = tmp_path / "two_nodes", str(free_port())
@@ -276,9 +276,9 @@ SKIP_SCRIPT = r"""
 import json, sys, types
 import torch
 from fishscale.config import load_config
-from fishscale.distributed import init_distributed
-from fishscale.engine import build_engine, deepspeed_config
-from fishscale.train import train_step
+from fishscale.train.distributed import init_distributed
+from fishscale.train.engine import build_engine, deepspeed_config
+from fishscale.train.loop import train_step
 
 class SometimesNaN(torch.nn.Module):
     bad = False       # the first micro batch of a step goes NaN, the second is fine
@@ -322,8 +322,8 @@ def test_a_non_finite_step_is_skipped_without_an_update():
 
 def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error():
     import types
-    from fishscale.checkpoint import Progress
-    from fishscale.train import count_nonfinite
+    from fishscale.train.checkpoint import Progress
+    from fishscale.train.loop import count_nonfinite
     cfg = load_config(None, ["train.max_nonfinite_steps=3"])
     messages: list[str] = []
     ctx = types.SimpleNamespace(cfg=cfg, progress=Progress(step=7), log=types.SimpleNamespace(echo=messages.append))
@@ -339,7 +339,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_clear_error():
 # ---------------------------------------------------------------- pure pieces
 
 def test_deepspeed_config_merges_the_yaml(tmp_path):
-    from fishscale.engine import deepspeed_config
+    from fishscale.train.engine import deepspeed_config
     cfg = load_config(None, ["train.batch_size=64", "train.grad_accum=2", "train.zero_stage=3", "train.clip_grad=null",
                              "optim.betas=[0.8, 0.9]", "optim.weight_decay=0.1"])
     ds = deepspeed_config(cfg, world_size=4, on_gpu=True)
@@ -366,7 +366,7 @@ def test_deepspeed_config_merges_the_yaml(tmp_path):
 
 def test_schedule_warms_up_then_follows_the_cosine():
     import torch
-    from fishscale.schedule import PhaseSchedule, lr_factor
+    from fishscale.train.schedule import PhaseSchedule, lr_factor
     assert [lr_factor(s, 10, warmup_steps=4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_factor(4, 10, warmup_steps=4) == 1.0
     assert lr_factor(9, 10, warmup_steps=4, min_lr_ratio=0.1) == pytest.approx(0.1)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from fishscale.cli import main as cli
-from fishscale.manifest import load_manifest
-from fishscale.verify import verify_split
+from fishscale.shards.manifest import load_manifest
+from fishscale.shards.verify import verify_split
 
 
 def run_verify(folder: Path):

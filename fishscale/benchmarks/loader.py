@@ -44,12 +44,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
 from fishscale.config import Config
-from fishscale.dataset import COLUMNS, read_split
+from fishscale.data.dataset import COLUMNS, read_split
 from fishscale.errors import FishscaleError
-from fishscale.loader import build_loader
+from fishscale.loader.build import build_loader
 from fishscale.loader.members import MemberReader
 from fishscale.loader.transforms import augment, draw_augment, normalize, resize_and_pad
-from fishscale.manifest import Manifest, load_manifest
+from fishscale.shards.manifest import Manifest, load_manifest
 
 
 def log(message: str) -> None:
@@ -71,7 +71,7 @@ def make_originals(work: Path, images: int, side: int, workers: int) -> Path:
     root = work / f"originals-{images}-{side}"
     if (root / "classification_train.csv").is_file():
         return root
-    from fishscale.synth import synthesize
+    from fishscale.data.synth.write import synthesize
     synth = synthesize(work / "synth-tiny", profile="tiny", seed=0, workers=workers, progress=False)
     rows, _ = read_split(synth, "train")
     if len(rows) < images:
@@ -86,7 +86,7 @@ def make_originals(work: Path, images: int, side: int, workers: int) -> Path:
 
 
 def make_shards(work: Path, root: Path, max_side: int, workers: int) -> Manifest:
-    from fishscale.shard import shard_dataset
+    from fishscale.shards.shard import shard_dataset
     out = work / f"shards-{root.name}-{max_side}"
     if not (out / "train" / "manifest.json").is_file():
         log(f"sharding at max side {max_side} ...")
@@ -264,7 +264,7 @@ def markdown(results: dict, command: str) -> str:
               help="Also write the results as JSON here.")
 def bench_loader_command(work, images, original_side, max_side, image_size, batch_size, workers, repeats, json_out):
     """Seed-style PIL baseline vs torch backend vs DALI vs the decode ceiling, same images and cores."""
-    from fishscale.shard import DEFAULT_MAX_SIDE, default_workers
+    from fishscale.shards.shard import DEFAULT_MAX_SIDE, default_workers
     workers = workers or default_workers()
     max_side = max_side or DEFAULT_MAX_SIDE
     temporary = work is None

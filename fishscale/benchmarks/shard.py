@@ -35,9 +35,9 @@ import click
 import numpy as np
 from PIL import Image
 
-from fishscale.dataset import load_dataset
-from fishscale.imagefix import target_size
-from fishscale.shard import DEFAULT_MAX_SIDE, DEFAULT_QUALITY, default_workers, shard_dataset
+from fishscale.data.dataset import load_dataset
+from fishscale.shards.imagefix import target_size
+from fishscale.shards.shard import DEFAULT_MAX_SIDE, DEFAULT_QUALITY, default_workers, shard_dataset
 
 GENERATED_SPECIES = 20
 
@@ -257,6 +257,6 @@ def _generate(make: str, root: Path, images: int, side: int, workers: int) -> Pa
     if (root / "classification_train.csv").exists():
         return root
     if make == "small":
-        from fishscale.synth import synthesize
+        from fishscale.data.synth.write import synthesize
         return synthesize(root, profile="small", seed=0, workers=workers)
     return make_large_dataset(root, images, side, workers)

@@ -7,7 +7,7 @@ Speed (one rank, in this process, fp32 on the CPU): the same model (same initial
 the same batch, the same loader (fishscale.loader over the shards), the same loss and AdamW
 hyper-parameters and gradient clipping, run as
   (a) a plain PyTorch loop: forward, loss, backward, clip_grad_norm_, AdamW.step;
-  (b) the DeepSpeed engine at ZeRO-2 (fishscale.engine: the config fishscale trains with);
+  (b) the DeepSpeed engine at ZeRO-2 (fishscale.train.engine: the config fishscale trains with);
   (c) (b) fed from batches already in memory: the compute ceiling, so (b)/(c) shows what
       the loader costs the training loop (goal: ~1, the loader never the bottleneck).
 The variants alternate for ``--rounds`` rounds of ``--steps`` timed steps (after
@@ -48,10 +48,9 @@ from typing import Any, Callable, Iterator
 import click
 import torch
 
-from fishscale.config import Config, load_config
+from fishscale.config import REPO_ROOT, Config, load_config
 from fishscale.errors import FishscaleError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
 MIB = 2**20
 
@@ -64,8 +63,8 @@ def log(message: str) -> None:
 
 def tiny_shards(work: Path) -> Path:
     """Synthesize the tiny dataset and shard it under `work` (reused when already there)."""
-    from fishscale.shard import shard_dataset
-    from fishscale.synth import synthesize
+    from fishscale.shards.shard import shard_dataset
+    from fishscale.data.synth.write import synthesize
     shards = work / "shards"
     if not (shards / "train" / "manifest.json").is_file():
         log(f"making the tiny synthetic shards in {shards} ...")
@@ -81,13 +80,13 @@ def bench_config(config: Path, shards: Path, overrides: list[str]) -> Config:
 
 
 def fresh_model(cfg: Config, num_classes: int) -> torch.nn.Module:
-    from fishscale.model import build_model
+    from fishscale.model.factory import build_model
     torch.manual_seed(cfg.train.seed)
     return build_model(cfg.model, num_classes, cfg.data.image_size).train()
 
 
 def loader_batches(cfg: Config, manifest, epoch: int) -> Iterator:
-    from fishscale.loader import build_loader
+    from fishscale.loader.build import build_loader
     while True:          # epochs back to back, so a round never runs dry
         yield from build_loader(cfg, manifest, train=True, epoch=epoch)
         epoch += 1
@@ -96,7 +95,7 @@ def loader_batches(cfg: Config, manifest, epoch: int) -> Iterator:
 # ---------------------------------------------------------------- the two loops
 
 def plain_step_fn(cfg: Config, model, loss_fn) -> Callable:
-    from fishscale.model import param_groups
+    from fishscale.model.factory import param_groups
     groups = param_groups(model, cfg.phases[0], cfg.optim)
     optimizer = torch.optim.AdamW(groups, lr=cfg.phases[0].lr, betas=cfg.optim.betas, eps=1e-8,
                                   weight_decay=cfg.optim.weight_decay)
@@ -112,8 +111,8 @@ def plain_step_fn(cfg: Config, model, loss_fn) -> Callable:
 
 
 def engine_step_fn(cfg: Config, model, loss_fn, zero_stage: int):
-    from fishscale.engine import build_engine, deepspeed_config
-    from fishscale.model import param_groups
+    from fishscale.train.engine import build_engine, deepspeed_config
+    from fishscale.model.factory import param_groups
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, zero_stage=zero_stage))
     engine = build_engine(model, param_groups(model, cfg.phases[0], cfg.optim), deepspeed_config(cfg, 1, False))
 
@@ -150,10 +149,10 @@ def cached(batches: list) -> Iterator:
 
 
 def speed(cfg: Config, steps: int, warmup: int, rounds: int) -> dict[str, Any]:
-    from fishscale.distributed import init_distributed
-    from fishscale.engine import destroy_engine
-    from fishscale.losses import build_loss
-    from fishscale.manifest import load_manifest
+    from fishscale.train.distributed import init_distributed
+    from fishscale.train.engine import destroy_engine
+    from fishscale.model.losses import build_loss
+    from fishscale.shards.manifest import load_manifest
     init_distributed()
     manifest = load_manifest(Path(cfg.data.shards) / cfg.data.train_split)
     loss_fn = build_loss(cfg.loss, manifest.train_class_counts)
@@ -214,7 +213,7 @@ def memory_ds_config(cfg: Config, stage: int, world_size: int, params: int) -> d
     model: DeepSpeed allocates buckets of their configured size whatever the model (the shipped
     JSONs' 5e7 elements = 200 MB in fp32, more than Swin-T's model states), which would bury
     the model states the formulas describe."""
-    from fishscale.engine import deepspeed_config
+    from fishscale.train.engine import deepspeed_config
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, zero_stage=stage))
     ds = deepspeed_config(cfg, world_size, False)
     zero = ds["zero_optimization"]
@@ -226,11 +225,11 @@ def memory_ds_config(cfg: Config, stage: int, world_size: int, params: int) -> d
 
 def memory_worker(config: Path, shards: Path, overrides: list[str], out: Path) -> None:
     """Run under the launcher: per ZeRO stage, model-state bytes on this rank after 2 steps."""
-    from fishscale.distributed import barrier, init_distributed
-    from fishscale.engine import build_engine, destroy_engine
-    from fishscale.losses import build_loss
-    from fishscale.manifest import load_manifest
-    from fishscale.model import param_groups
+    from fishscale.train.distributed import barrier, init_distributed
+    from fishscale.train.engine import build_engine, destroy_engine
+    from fishscale.model.losses import build_loss
+    from fishscale.shards.manifest import load_manifest
+    from fishscale.model.factory import param_groups
     dist = init_distributed()
     cfg = bench_config(config, shards, overrides)
     manifest = load_manifest(Path(cfg.data.shards) / cfg.data.train_split)
@@ -285,7 +284,7 @@ MEMORY_MODEL_OVERRIDES = ["model.name=swin_tiny_patch4_window7_224", "model.kwar
 
 
 def memory(config: Path, shards: Path, overrides: list[str], ranks: int, work: Path) -> list[dict[str, Any]]:
-    from fishscale.distributed import free_port
+    from fishscale.train.distributed import free_port
     out = work / "memory"
     # the full Swin-T (28 M parameters, 224 px) at micro batch 2: big enough that per-tensor
     # effects (ZeRO-3 keeps tensors under 1e5 elements whole) do not dominate
@@ -383,7 +382,7 @@ def bench_train_command(config_path, shards, work, steps, warmup, rounds, ranks,
 
 
 def memory_worker_main(config: Path, shards: Path, overrides: list[str], out: Path) -> None:
-    from fishscale.distributed import shutdown
+    from fishscale.train.distributed import shutdown
     memory_worker(config, shards, overrides, out)
     shutdown()
 

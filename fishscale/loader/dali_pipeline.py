@@ -25,9 +25,9 @@ import torch
 
 from fishscale.config import AugmentConfig, Config
 from fishscale.errors import FishscaleError
-from fishscale.loader.members import MemberReader
+from fishscale.loader.members import MemberReader, jpeg_header_problem
 from fishscale.loader.transforms import BLUR_SIGMA, BLUR_WINDOW, AugmentDraw, augment_rng, draw_augment
-from fishscale.manifest import Manifest
+from fishscale.shards.manifest import Manifest
 
 try:
     import nvidia.dali.fn as fn
@@ -61,12 +61,20 @@ class ShardSource:
         if info.iteration >= len(self.batches):
             raise StopIteration
         positions, ids = self.batches[info.iteration]
-        jpegs = [np.frombuffer(self.reader.read(int(i)), dtype=np.uint8) for i in ids]
+        jpegs = [np.frombuffer(self._jpeg(int(i)), dtype=np.uint8) for i in ids]
         labels = [self.labels[i:i + 1] for i in ids]
         if self.augment is None:
             return jpegs, labels
         draws = [draw_augment(self.augment, augment_rng(self.seed, self.epoch, int(p))) for p in positions]
         return jpegs, labels, [_coins(d) for d in draws], [_params(d) for d in draws]
+
+
+    def _jpeg(self, sample_id: int) -> bytes:
+        data = self.reader.read(sample_id)
+        problem = jpeg_header_problem(data)
+        if problem:     # DALI's decoder may crash on it rather than raise: fail here, clearly
+            raise FishscaleError(f"{self.reader.where(sample_id)}: not a readable JPEG: {problem}")
+        return data
 
 
 def _coins(draw: AugmentDraw) -> np.ndarray:
@@ -171,7 +179,12 @@ def dali_batches(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.nda
         for (out,) in iterator:
             yield out["images"], out["labels"].view(-1).to(torch.int64)
             done += 1
-    except RuntimeError as e:       # a corrupt member, typically: name where, not DALI's stack
+    except Exception as e:          # a corrupt member, typically: name where, not DALI's stack
+        own = _source_error(str(e))     # DALI re-raises a source error as a bare Exception of its text
+        if own is None and not isinstance(e, RuntimeError):
+            raise
+        if own is not None:             # it names the shard and sample itself
+            raise FishscaleError(f"{own}; check the shards with `fishscale verify`") from None
         ids = batches[done][1] if done < len(batches) else []
         reason = _dali_reason(str(e)) or type(e).__name__
         raise FishscaleError(f"{manifest.root}: DALI failed on batch {done} (sample ids {np.asarray(ids)[:8].tolist()}"
@@ -179,6 +192,14 @@ def dali_batches(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.nda
                              f"{reason}; check the shards with `fishscale verify`") from None
     finally:
         del iterator, pipe
+
+
+def _source_error(text: str) -> str | None:
+    """The message of a FishscaleError raised in ShardSource (in a DALI worker), if that is what
+    ``text`` reports."""
+    prefix = f"{FishscaleError.__module__}.{FishscaleError.__name__}: "
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith(prefix)]
+    return lines[-1][len(prefix):] if lines else None
 
 
 def _dali_reason(text: str) -> str:

@@ -18,7 +18,7 @@ from fishscale.config import Config
 from fishscale.errors import FishscaleError
 from fishscale.loader.members import MemberReader
 from fishscale.loader.transforms import augment, augment_rng, decode, draw_augment, normalize, resize_and_pad
-from fishscale.manifest import Manifest
+from fishscale.shards.manifest import Manifest
 
 
 class ShardSamples(Dataset):

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from fishscale.bins import DEFAULT_BIN_EDGES, assign_bins
+from fishscale.data.bins import DEFAULT_BIN_EDGES, assign_bins
 from fishscale.errors import FishscaleError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

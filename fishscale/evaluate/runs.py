@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fishscale.bins import DEFAULT_BIN_EDGES, check_edges
+from fishscale.data.bins import DEFAULT_BIN_EDGES, check_edges
 from fishscale.config import Config, load_config
 from fishscale.errors import FishscaleError
 
@@ -177,7 +177,7 @@ def read_classes(run: Run) -> RunClasses:
 
 
 def classes_from_manifest(folder: str | Path) -> RunClasses:
-    from fishscale.manifest import load_manifest
+    from fishscale.shards.manifest import load_manifest
     m = load_manifest(folder)
     return RunClasses(list(m.class_names), [int(c) for c in m.train_class_counts], list(m.bin_edges),
                       list(m.bin_names), list(m.class_families))
@@ -207,8 +207,8 @@ def load_weights(path: str | Path) -> dict[str, Any]:
 
 
 def build_run_model(run: Run, weights: str | Path, num_classes: int | None = None):
-    """The run's model (fishscale.model.build_model) with `weights` loaded strictly, eval mode."""
-    from fishscale.model import build_model
+    """The run's model (fishscale.model.factory.build_model) with `weights` loaded strictly, eval mode."""
+    from fishscale.model.factory import build_model
     cfg = eval_config(run.config)
     num_classes = num_classes if num_classes is not None else run.classes().num_classes
     model = build_model(cfg.model, num_classes, cfg.data.image_size)

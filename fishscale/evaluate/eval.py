@@ -6,7 +6,7 @@
 
 Each rank evaluates its share of the split (the loader gives every sample to exactly one rank);
 rank 0 gathers the top-5 predictions, checks that every sample came back exactly once and that
-its label matches the manifest, computes the metrics (fishscale.metrics) and writes the files.
+its label matches the manifest, computes the metrics (fishscale.evaluate.metrics) and writes the files.
 By default the results also go into the run: ``<run>/eval/<split>.json`` and
 ``<run>/eval/<split>.predictions.csv`` (``<split>-last.*`` for other weights than best),
 which `fishscale report` and `fishscale export` read.
@@ -26,8 +26,8 @@ import click
 import numpy as np
 
 from fishscale.errors import FishscaleError
-from fishscale.metrics import TOPK, evaluate_predictions, format_table, to_csv, to_markdown
-from fishscale.runs import EVAL_DIR, Run, build_run_model, eval_config, resolve_run
+from fishscale.evaluate.metrics import TOPK, evaluate_predictions, format_table, to_csv, to_markdown
+from fishscale.evaluate.runs import EVAL_DIR, Run, build_run_model, eval_config, resolve_run
 
 EVAL_FORMAT_VERSION = 1
 
@@ -158,8 +158,8 @@ def run_eval(run: Run, weights: Path, shards: Path, *, batch_size: int | None = 
              progress: bool = True) -> EvalOutput | None:
     """Evaluate on this rank's share; the full result on rank 0, None on the other ranks."""
     import torch
-    from fishscale.loader import build_loader
-    from fishscale.manifest import load_manifest
+    from fishscale.loader.build import build_loader
+    from fishscale.shards.manifest import load_manifest
     rank, world_size, local_rank = dist_env()
     created = init_distributed(world_size, local_rank)
     try:
@@ -241,7 +241,7 @@ def save_outputs(out: EvalOutput, run: Run, *, save_in_run: bool, json_path: str
     if markdown_path:
         written.append(_write_text(Path(markdown_path), to_markdown(result)))
     if plot_path:
-        from fishscale.plots import per_bin_accuracy
+        from fishscale.evaluate.plots import per_bin_accuracy
         written.append(per_bin_accuracy([(run.name, result)], Path(plot_path)))
     return written
 
@@ -258,7 +258,7 @@ def parse_edges(text: str | None) -> list[int] | None:
     """'10,100,500' -> [10, 100, 500]; validated like the manifest's edges."""
     if text is None:
         return None
-    from fishscale.bins import check_edges
+    from fishscale.data.bins import check_edges
     try:
         edges = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:

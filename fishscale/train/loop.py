@@ -45,14 +45,13 @@ import click
 import numpy as np
 import torch
 
-from fishscale.bins import bin_index, check_edges
-from fishscale.checkpoint import (Progress, ResumePoint, find_resume_point, load_engine_state, load_weights,
+from fishscale.data.bins import bin_index, check_edges
+from fishscale.train.checkpoint import (Progress, ResumePoint, find_resume_point, load_engine_state, load_weights,
                                   phase_start_path, rank_seed, restore_rng, save_checkpoint, save_weights,
                                   seed_everything, universal_tag)
 from fishscale.config import Config, load_config
 from fishscale.errors import FishscaleError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 VAL_METRICS = ("macro_acc", "top1", "top5", "macro_f1", "loss")     # loss: lower is better
 RESUME_MODES = ("auto", "always", "never")
 # config keys that must match the checkpoint's for a resume to continue the same run
@@ -63,7 +62,7 @@ RESUME_KEYS = ("model", "phases", "loss", "sampler", "optim", "train.batch_size"
 @dataclass
 class RunData:
     """The manifests training reads, and the class index it trains on."""
-    train: Any                      # fishscale.manifest.Manifest
+    train: Any                      # fishscale.shards.manifest.Manifest
     val: Any | None
     class_counts: list[int]
     bin_edges: list[int]
@@ -78,11 +77,11 @@ class RunData:
 class Ctx:
     """What every part of the loop reads: config, ranks, data, loss, log, where we are."""
     cfg: Config
-    dist: Any                       # fishscale.distributed.DistInfo
+    dist: Any                       # fishscale.train.distributed.DistInfo
     data: RunData
     out: Path
     loss_fn: torch.nn.Module
-    log: Any                        # fishscale.runlog.RunLog
+    log: Any                        # fishscale.train.runlog.RunLog
     progress: Progress
     precision: str
     input_dtype: torch.dtype
@@ -91,7 +90,7 @@ class Ctx:
 # ---------------------------------------------------------------- setup
 
 def load_run_data(cfg: Config) -> RunData:
-    from fishscale.manifest import load_manifest
+    from fishscale.shards.manifest import load_manifest
     shards = Path(cfg.data.shards)
     train_dir, val_dir = shards / cfg.data.train_split, shards / cfg.data.val_split
     if not (train_dir / "manifest.json").is_file():
@@ -119,7 +118,7 @@ def write_run_files(cfg: Config, data: RunData, out: Path) -> None:
 
 def check_config(cfg: Config) -> None:
     """Fail before any rank starts work on a config that cannot train."""
-    from fishscale.engine import resolve_precision
+    from fishscale.train.engine import resolve_precision
     resolve_precision(cfg.train.precision, on_gpu=False)
     metric = cfg.train.best_metric
     if metric not in VAL_METRICS:
@@ -173,9 +172,9 @@ def start_phase(ctx: Ctx, index: int, weights: dict[str, torch.Tensor] | None, p
     Returns (engine, phase_start weights, lr schedule). `point` (a checkpoint of this phase)
     restores the engine's weights and optimizer state on top.
     """
-    from fishscale.engine import build_engine, deepspeed_config
-    from fishscale.model import build_model, param_groups, set_backbone_trainable
-    from fishscale.schedule import PhaseSchedule
+    from fishscale.train.engine import build_engine, deepspeed_config
+    from fishscale.model.factory import build_model, param_groups, set_backbone_trainable
+    from fishscale.train.schedule import PhaseSchedule
     cfg, dist, phase = ctx.cfg, ctx.dist, ctx.cfg.phases[index]
     seed_everything(cfg.train.seed)            # the same initial model on every rank
     model = build_model(cfg.model, ctx.data.num_classes, cfg.data.image_size)
@@ -202,7 +201,7 @@ def start_phase(ctx: Ctx, index: int, weights: dict[str, torch.Tensor] | None, p
 
 
 def steps_per_epoch(ctx: Ctx, epoch: int) -> int:
-    from fishscale.loader import build_loader
+    from fishscale.loader.build import build_loader
     cfg = ctx.cfg
     loader = build_loader(cfg, ctx.data.train, train=True, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
                           epoch=epoch, num_epochs=phase_epochs(cfg)[-1])
@@ -219,7 +218,7 @@ def steps_per_epoch(ctx: Ctx, epoch: int) -> int:
 
 def train_epoch(ctx: Ctx, engine, schedule, epoch: int, steps: int, bar, rng_point: ResumePoint | None) -> None:
     """Optimizer steps progress.batch .. steps-1 of `epoch`; checkpoints every N steps."""
-    from fishscale.loader import build_loader
+    from fishscale.loader.build import build_loader
     cfg, dist, progress = ctx.cfg, ctx.dist, ctx.progress
     loader = build_loader(cfg, ctx.data.train, train=True, rank=dist.rank, world_size=dist.world_size,
                           epoch=epoch, start_batch=progress.batch, num_epochs=phase_epochs(cfg)[-1])
@@ -271,8 +270,8 @@ def isolated_iter(loader) -> Iterator:
 
 def train_step(ctx: Ctx, engine, batches: Iterator) -> tuple[float, bool]:
     """One optimizer step = grad_accum micro batches; (mean loss over ranks, skipped?)."""
-    from fishscale.distributed import all_reduce_sum
-    from fishscale.engine import optimizer_step
+    from fishscale.train.distributed import all_reduce_sum
+    from fishscale.train.engine import optimizer_step
     losses, bad = [], False
     for _ in range(ctx.cfg.train.grad_accum):
         images, labels = next(batches)
@@ -309,9 +308,9 @@ def count_nonfinite(ctx: Ctx, skipped: bool, epoch: int) -> None:
 
 def validate(ctx: Ctx, engine) -> dict[str, Any] | None:
     """Loss, top-1/5, macro accuracy/F1 and per-bin accuracy on the val split (None: no val split)."""
-    from fishscale.distributed import broadcast_object, gather_objects, max_over_ranks
-    from fishscale.loader import build_loader
-    from fishscale.metrics import evaluate_predictions
+    from fishscale.train.distributed import broadcast_object, gather_objects, max_over_ranks
+    from fishscale.loader.build import build_loader
+    from fishscale.evaluate.metrics import evaluate_predictions
     if ctx.data.val is None:
         return None
     dist = ctx.dist
@@ -364,7 +363,7 @@ def is_better(value: float | None, best: float | None, metric: str) -> bool:
 
 def end_epoch(ctx: Ctx, engine, phase_start: dict[str, torch.Tensor], epoch: int, last_of_phase: bool) -> dict:
     """Validate, write last/best weights (+ the next phase's start), move on, checkpoint."""
-    from fishscale.engine import full_state_dict
+    from fishscale.train.engine import full_state_dict
     cfg, progress = ctx.cfg, ctx.progress
     val = validate(ctx, engine)
     metric = cfg.train.best_metric
@@ -397,7 +396,7 @@ def end_epoch(ctx: Ctx, engine, phase_start: dict[str, torch.Tensor], epoch: int
 
 def checkpoint(ctx: Ctx, engine, engine_phase: int | None = None) -> None:
     ctx.progress.metrics_lines = ctx.log.lines if ctx.dist.is_main else 0
-    from fishscale.distributed import broadcast_object
+    from fishscale.train.distributed import broadcast_object
     ctx.progress.metrics_lines = broadcast_object(ctx.progress.metrics_lines)
     save_checkpoint(engine, ctx.out, ctx.progress, ctx.progress.phase if engine_phase is None else engine_phase,
                     ctx.cfg.to_dict(), ctx.dist.rank, ctx.dist.world_size)
@@ -411,10 +410,10 @@ def _fmt(value: Any) -> str:
 
 def main(cfg: Config, resume: str = "auto") -> dict[str, Any]:
     """Train `cfg` on this process's rank; return the summary (the same on every rank)."""
-    from fishscale.distributed import barrier, init_distributed
-    from fishscale.engine import destroy_engine, resolve_precision
-    from fishscale.losses import build_loss
-    from fishscale.runlog import RunLog
+    from fishscale.train.distributed import barrier, init_distributed
+    from fishscale.train.engine import destroy_engine, resolve_precision
+    from fishscale.model.losses import build_loss
+    from fishscale.train.runlog import RunLog
 
     check_config(cfg)
     dist = init_distributed()
@@ -460,7 +459,7 @@ def main(cfg: Config, resume: str = "auto") -> dict[str, Any]:
 
 def finish(ctx: Ctx) -> dict[str, Any]:
     """summary.json, the summary line of metrics.jsonl, and a printed summary."""
-    from fishscale.runlog import METRICS_NAME
+    from fishscale.train.runlog import METRICS_NAME
     progress, cfg = ctx.progress, ctx.cfg
     summary = {"run": str(ctx.out), "model": cfg.model.name, "phases": [p.name for p in cfg.phases],
                "epochs": progress.epoch, "steps": progress.step, "images": progress.images,
@@ -495,7 +494,7 @@ def launch_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    from fishscale.distributed import pick_accelerator
+    from fishscale.train.distributed import pick_accelerator
     pick_accelerator()
     try:
         cfg = load_config(args.config, args.overrides)
@@ -504,14 +503,14 @@ def launch_main(argv: Sequence[str] | None = None) -> int:
         # no goodbye barrier: the peers may be stuck in a collective; the launcher stops them
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from fishscale.distributed import shutdown
+    from fishscale.train.distributed import shutdown
     shutdown()
     return 0
 
 
 def launcher_command(config: Path, nproc: int, resume: bool, overrides: Sequence[str]) -> list[str]:
     """`python -m deepspeed.launcher.runner --num_gpus N ... -m fishscale.train ...` for this machine."""
-    from fishscale.distributed import free_port
+    from fishscale.train.distributed import free_port
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
                "--master_port", str(free_port()), "--no_local_rank", "--module", "fishscale.train",
                "--config", str(config)]
@@ -538,22 +537,19 @@ def train_command(config_path: Path, nproc: int, resume: bool, overrides: tuple[
     metrics.jsonl, tb/, checkpoints/, best.safetensors, last.safetensors, classes.json,
     summary.json. Clusters: deepspeed [--hostfile H] launch/train.py --config ... (docs/training.md).
     """
-    from fishscale.engine import micro_batch_size
+    from fishscale.train.engine import micro_batch_size
     cfg = load_config(config_path, overrides)       # bad config: clean error before any rank starts
     check_config(cfg)
     micro_batch_size(cfg.train.batch_size, nproc, cfg.train.grad_accum)
     if nproc == 1:
-        from fishscale.distributed import shutdown
+        from fishscale.train.distributed import shutdown
         main(cfg, resume="always" if resume else "auto")
         shutdown()
         return
-    from fishscale.distributed import pick_accelerator
+    from fishscale.train.distributed import pick_accelerator
     pick_accelerator()
     result = subprocess.run(launcher_command(config_path, nproc, resume, overrides))
     if result.returncode != 0:
         raise FishscaleError(f"training failed (the deepspeed launcher exited {result.returncode}; "
                              f"each rank's error is printed above)")
 
-
-if __name__ == "__main__":
-    sys.exit(launch_main())

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishscale.errors import FishscaleError
-from fishscale.losses.weights import as_counts, effective_number_weights
+from fishscale.model.losses.weights import as_counts, effective_number_weights
 
 DRW_BETA = 0.9999
 

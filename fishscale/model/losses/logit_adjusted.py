@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fishscale.errors import FishscaleError
-from fishscale.losses.weights import as_counts
+from fishscale.model.losses.weights import as_counts
 
 
 class LogitAdjustedLoss(nn.Module):

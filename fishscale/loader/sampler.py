@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fishscale.errors import FishscaleError
-from fishscale.manifest import Manifest
+from fishscale.shards.manifest import Manifest
 
 STRATEGIES: tuple[str, ...] = ("instance", "sqrt", "balanced", "repeat-factor", "progressive")
 

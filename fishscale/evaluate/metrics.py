@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fishscale.bins import DEFAULT_BIN_EDGES, UNSEEN_BIN, bin_index, bin_labels, check_edges
+from fishscale.data.bins import DEFAULT_BIN_EDGES, UNSEEN_BIN, bin_index, bin_labels, check_edges
 from fishscale.errors import FishscaleError
 
 TOPK = 5

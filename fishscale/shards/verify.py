@@ -25,11 +25,11 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
-from fishscale.dataset import SPLITS
+from fishscale.data.dataset import SPLITS
 from fishscale.errors import FishscaleError
-from fishscale.imagefix import DEFAULT_MAX_PIXELS
-from fishscale.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
-from fishscale.tarwrite import read_index
+from fishscale.shards.imagefix import DEFAULT_MAX_PIXELS
+from fishscale.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
+from fishscale.shards.tarwrite import read_index
 
 MAX_PROBLEMS_PER_SHARD = 20
 MEMBER_EXTS = ("jpg", "cls", "json")
@@ -226,7 +226,7 @@ def verify_command(split_folder: Path, workers: int | None) -> None:
     Prints each problem (sha256, size, members, labels, image decoding, index) and exits
     non-zero if there is any. Given the parent folder (shards/), verifies every split in it.
     """
-    from fishscale.shard import default_workers
+    from fishscale.shards.shard import default_workers
     folders = [split_folder]
     if not (split_folder / MANIFEST_NAME).exists():
         order = {name: i for i, name in enumerate(SPLITS)}

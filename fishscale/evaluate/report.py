@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import click
 
 from fishscale.errors import FishscaleError
-from fishscale.metrics import to_markdown
-from fishscale.runs import Run, RunClasses, load_run
+from fishscale.evaluate.metrics import to_markdown
+from fishscale.evaluate.runs import Run, RunClasses, load_run
 
 DEFAULT_TOP_PAIRS = 15
 
@@ -63,7 +63,7 @@ def find_result(run: Run, split: str, shards: Path | None, progress: bool) -> di
     saved = run.eval_results().get(split)
     if saved is not None or shards is None:
         return saved
-    from fishscale.evaluate import run_eval, save_outputs
+    from fishscale.evaluate.eval import run_eval, save_outputs
     out = run_eval(run, run.weights("best"), shards, progress=progress)
     if out is None:
         return None
@@ -162,7 +162,7 @@ def _slug(text: str) -> str:
 
 
 def make_plots(reports: Sequence[RunReport], out: Path) -> dict[str, Path]:
-    from fishscale import plots
+    from fishscale.evaluate import plots
     made: dict[str, Path] = {}
     evaluated = [(rep.label, rep.result) for rep in reports if rep.result]
     if evaluated:

@@ -143,7 +143,7 @@ def _write_json(path: Path, data: Any) -> None:
 def save_checkpoint(engine, out: Path, progress: Progress, engine_phase: int, config: dict[str, Any],
                     rank: int, world_size: int) -> str:
     """engine.save_checkpoint + our JSON files; every rank calls it (a collective)."""
-    from fishscale.distributed import barrier
+    from fishscale.train.distributed import barrier
     folder = checkpoint_dir(out)
     tag = step_tag(progress.step)
     meta = {"progress": progress.to_dict(), "engine_phase": engine_phase, "world_size": world_size,
@@ -205,7 +205,7 @@ def find_resume_point(out: Path) -> ResumePoint | None:
 
 def universal_tag(point: ResumePoint, rank: int) -> str:
     """Convert the checkpoint to DeepSpeed's universal format once (rank 0); every rank waits."""
-    from fishscale.distributed import any_rank, barrier
+    from fishscale.train.distributed import any_rank, barrier
     tag = point.tag + UNIVERSAL_SUFFIX
     target = point.folder / tag
     failed = False

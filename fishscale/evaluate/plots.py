@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from fishscale.bins import UNSEEN_BIN, bin_labels
+from fishscale.data.bins import UNSEEN_BIN, bin_labels
 
 DPI = 110
 

@@ -20,7 +20,7 @@ master weights and optimizer state either way. bf16 skips a step whose gradients
 **Optimizer.** DeepSpeed's AdamW with ``torch_adam: true`` (torch.optim.AdamW, foreach): it works
 with every ZeRO stage on the CPU accelerator and needs no compiled op on GPUs. A JSON that sets
 ``optimizer.params.torch_adam: false`` gets DeepSpeed's FusedAdam (JIT-built, needs nvcc).
-Param groups keep their own ``lr``/``weight_decay``; fishscale.schedule rescales the lrs.
+Param groups keep their own ``lr``/``weight_decay``; fishscale.train.schedule rescales the lrs.
 """
 from __future__ import annotations
 
@@ -33,10 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fishscale.config import Config
+from fishscale.config import REPO_ROOT, Config
 from fishscale.errors import FishscaleError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED_CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
 PRECISIONS = ("auto", "fp32", "bf16")
 ZERO_STAGES = (0, 1, 2, 3)

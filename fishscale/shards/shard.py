@@ -3,7 +3,7 @@
 Output, per split: ``<out>/<split>/<split>-%06d.tar`` with members ``<key>.jpg`` (RGB JPEG,
 upright, longer side <= max_side), ``<key>.cls`` (decimal label) and ``<key>.json`` (species,
 family, source filename, ...); ``<split>-%06d.idx`` beside each tar (DALI ``wds2idx`` format);
-``manifest.json`` (see fishscale.manifest).
+``manifest.json`` (see fishscale.shards.manifest).
 
 How it stays deterministic: the samples of a split are shuffled once with the seed (so every
 shard mixes classes) and then consumed strictly in that order; worker processes only decode
@@ -39,12 +39,12 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from fishscale.bins import DEFAULT_BIN_EDGES, check_edges
-from fishscale.dataset import LABEL_COLUMN, SPLITS, FishVista, load_dataset
+from fishscale.data.bins import DEFAULT_BIN_EDGES, check_edges
+from fishscale.data.dataset import LABEL_COLUMN, SPLITS, FishVista, load_dataset
 from fishscale.errors import FishscaleError
-from fishscale.imagefix import DEFAULT_MAX_PIXELS, Normalized, normalize_file
-from fishscale.manifest import MANIFEST_NAME, Manifest, ShardInfo
-from fishscale.tarwrite import ShardWriter, index_path_for, read_index, sample_blob  # noqa: F401  (read_index: API)
+from fishscale.shards.imagefix import DEFAULT_MAX_PIXELS, Normalized, normalize_file
+from fishscale.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from fishscale.shards.tarwrite import ShardWriter, index_path_for, sample_blob
 
 DEFAULT_MAX_SIDE = 512          # see BENCHMARKS.md, "Sharding": headroom over 384-px training, cheap decode
 DEFAULT_QUALITY = 90

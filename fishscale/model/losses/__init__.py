@@ -20,11 +20,11 @@ from torch import nn
 
 from fishscale.config import LossConfig
 from fishscale.errors import FishscaleError
-from fishscale.losses.cross_entropy import CrossEntropyLoss
-from fishscale.losses.focal import FocalLoss
-from fishscale.losses.ldam import DRW_BETA, LDAMLoss
-from fishscale.losses.logit_adjusted import LogitAdjustedLoss
-from fishscale.losses.weights import (WEIGHT_MODES, class_weights, effective_number_weights,
+from fishscale.model.losses.cross_entropy import CrossEntropyLoss
+from fishscale.model.losses.focal import FocalLoss
+from fishscale.model.losses.ldam import DRW_BETA, LDAMLoss
+from fishscale.model.losses.logit_adjusted import LogitAdjustedLoss
+from fishscale.model.losses.weights import (WEIGHT_MODES, class_weights, effective_number_weights,
                                       fishvista_alpha)
 
 LOSS_NAMES = ("focal", "ce", "logit-adjusted", "ldam")

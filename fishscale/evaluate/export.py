@@ -29,8 +29,8 @@ from typing import Any
 import click
 
 from fishscale.errors import FishscaleError
-from fishscale.metrics import to_markdown
-from fishscale.runs import Run, RunClasses, build_run_model, resolve_run
+from fishscale.evaluate.metrics import to_markdown
+from fishscale.evaluate.runs import Run, RunClasses, build_run_model, resolve_run
 
 EXPORT_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -39,7 +39,7 @@ WEIGHTS_NAME = "model.safetensors"
 def timm_kwargs(run: Run, model) -> dict[str, Any]:
     """The timm.create_model kwargs (besides num_classes) that rebuild this architecture.
 
-    fishscale.model.build_model passes ``img_size=data.image_size`` to models whose
+    fishscale.model.factory.build_model passes ``img_size=data.image_size`` to models whose
     constructor takes it, then ``model.kwargs`` (which win); drop_path only matters in training.
     """
     kwargs: dict[str, Any] = {}
@@ -50,7 +50,7 @@ def timm_kwargs(run: Run, model) -> dict[str, Any]:
 
 
 def head_description(run: Run, model) -> dict[str, Any]:
-    from fishscale.model import classifier_name
+    from fishscale.model.factory import classifier_name
     head = {"type": run.config.model.head, "module": classifier_name(model)}
     if run.config.model.head == "mlp":
         head.update(hidden=run.config.model.head_hidden, dropout=run.config.model.head_dropout,
