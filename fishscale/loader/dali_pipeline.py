@@ -68,7 +68,6 @@ class ShardSource:
         draws = [draw_augment(self.augment, augment_rng(self.seed, self.epoch, int(p))) for p in positions]
         return jpegs, labels, [_coins(d) for d in draws], [_params(d) for d in draws]
 
-
     def _jpeg(self, sample_id: int) -> bytes:
         data = self.reader.read(sample_id)
         problem = jpeg_header_problem(data)

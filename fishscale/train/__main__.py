@@ -4,4 +4,4 @@ import sys
 
 from fishscale.train.loop import launch_main
 
-sys.exit(launch_main())
+sys.exit(launch_main(prog="python -m fishscale.train"))

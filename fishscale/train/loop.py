@@ -484,9 +484,9 @@ def finish(ctx: Ctx) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- entry points
 
-def launch_main(argv: Sequence[str] | None = None) -> int:
+def launch_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """`launch/train.py` / `python -m fishscale.train`: one rank, started by a launcher."""
-    parser = argparse.ArgumentParser(description="fishscale training, one rank (run it under `deepspeed`).")
+    parser = argparse.ArgumentParser(prog=prog, description="fishscale training, one rank (run it under `deepspeed`).")
     parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="insist on resuming from the run folder's checkpoint")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher (or use env)")

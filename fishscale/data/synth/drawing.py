@@ -16,7 +16,6 @@ from fishscale.data.synth.traits import FishTraits
 
 SUPERSAMPLE = 2   # draw at 2x and reduce: cheap anti-aliasing
 
-# ---------------------------------------------------------------------------------------------
 
 def _rgb(hsv: Sequence[float], value_scale: float = 1.0) -> tuple[int, int, int]:
     h, s, v = hsv

@@ -12,8 +12,6 @@ import numpy as np
 
 from fishscale.data.synth.traits import species_traits
 
-# ---------------------------------------------------------------------------------------------
-
 ARK_ALPHABET = "0123456789bcdfghjkmnpqrstvwxz"
 # (source, owner, license, weight, extension): shares as in the real FV-1758 val+test CSVs
 SOURCES: tuple[tuple[str, str, str, float, str], ...] = (

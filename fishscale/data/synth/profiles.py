@@ -16,8 +16,6 @@ import pandas as pd
 
 from fishscale.errors import FishscaleError
 
-# ---------------------------------------------------------------------------------------------
-
 PROFILES: tuple[str, ...] = ("tiny", "small", "fishvista", "upstream")
 SPECIES_TABLE = "fishvista_species.csv"   # beside this module: package data
 MIN_COUNTS = {"train": 2, "val": 1, "test": 1}

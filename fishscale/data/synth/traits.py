@@ -14,8 +14,6 @@ from functools import lru_cache
 
 import numpy as np
 
-# ---------------------------------------------------------------------------------------------
-
 TAIL_SHAPES = ("forked", "truncate", "rounded", "lunate", "pointed")
 PATTERNS = ("plain", "stripes", "bars", "spots", "saddles")
 FIN_COLOURS = ((0.0, 0.75, 0.8), (0.12, 0.8, 0.9), (0.6, 0.5, 0.6), (0.08, 0.3, 0.2))
