@@ -108,7 +108,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/quickstart"
+    out: str = ""                     # the run folder (required: no default place to write)
     seed: int = 0
     batch_size: int = 32              # GLOBAL batch: micro x ranks x grad accumulation
     grad_accum: int = 1
@@ -117,6 +117,7 @@ class TrainConfig:
     deepspeed_config: str | None = None   # default: configs/deepspeed/zero{stage}.json
     clip_grad: float | None = 1.0
     checkpoint_every_steps: int = 0   # 0 = only at epoch ends
+    keep_checkpoints: int = 3         # newest checkpoints kept; older ones are deleted
     max_nonfinite_steps: int = 5      # consecutive non-finite losses before stopping
     best_metric: str = "macro_acc"
     log_every_steps: int = 10

@@ -19,6 +19,7 @@ from fishscale.errors import FishscaleError
 from fishscale.loader.members import MemberReader
 from fishscale.loader.transforms import augment, augment_rng, decode, draw_augment, normalize, resize_and_pad
 from fishscale.shards.manifest import Manifest
+from fishscale.train.preempt import ignore_in_worker
 
 
 class ShardSamples(Dataset):
@@ -52,7 +53,7 @@ def torch_batches(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.nd
     workers = max(0, cfg.data.num_workers)
     on_gpu = cfg.data.device == "gpu" and torch.cuda.is_available()
     loader = DataLoader(dataset, batch_sampler=batch_items, num_workers=workers, pin_memory=on_gpu,
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None, worker_init_fn=ignore_in_worker if workers else None)
     try:
         for images, labels in loader:
             labels = labels.to(torch.int64)

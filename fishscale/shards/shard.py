@@ -42,6 +42,7 @@ from tqdm import tqdm
 from fishscale.data.bins import DEFAULT_BIN_EDGES, check_edges
 from fishscale.data.dataset import LABEL_COLUMN, SPLITS, FishVista, load_dataset
 from fishscale.errors import FishscaleError
+from fishscale.lock import folder_lock
 from fishscale.shards.imagefix import DEFAULT_MAX_PIXELS, Normalized, normalize_file
 from fishscale.shards.manifest import MANIFEST_NAME, Manifest, ShardInfo
 from fishscale.shards.tarwrite import ShardWriter, index_path_for, sample_blob
@@ -199,7 +200,8 @@ def shard_dataset(root: str | Path, out: str | Path, splits: Sequence[str] | Non
     workers = workers or default_workers()
     build = functools.partial(build_sample, options=options)
     manifests = {}
-    with _worker_map(workers) as parallel_map:
+    # one writer per shard folder: a second `fishscale shard --out` on it fails at once
+    with folder_lock(Path(out), "fishscale shard"), _worker_map(workers) as parallel_map:
         for split in wanted:
             folder = Path(out) / split
             result = shard_split(ds, split, folder, options, parallel_map, build, progress)

@@ -1,31 +1,49 @@
-"""Checkpoints: DeepSpeed's for resuming, consolidated safetensors for everything else.
+"""Checkpoints: atomic, verified DeepSpeed checkpoints to resume from; safetensors for the rest.
 
     <out>/checkpoints/
-        step00000120/                  engine.save_checkpoint (ZeRO partitions, optimizer state)
+        step00000120/                  a complete checkpoint (only a complete one carries this name)
+            *_model_states.pt ...      engine.save_checkpoint (ZeRO partitions, optimizer state)
             fishscale_state.json       where training stands (Progress) + world size, ZeRO stage, config
             rng-rank0.json ...         python / numpy / torch RNG states of each rank
-        latest.json                    {"tag": "step00000120"}: written last, so a kill mid-save
-                                       leaves the previous checkpoint in charge
-        phase1_start.safetensors       the fp32 weights each phase starts from
+            start.safetensors          fp32 weights a resume builds the model from (the phase's start;
+                                       at a phase boundary, the next phase's)
+            manifest.json              every file above with its size and sha256; written last
+        step00000125.partial/          a checkpoint being written, or cut short (ignored; removed)
+        latest.json                    {"tag": "step00000120"}: replaced atomically after each commit
+        phase0_start.safetensors ...   the fp32 weights each phase started from (a record)
     <out>/last.safetensors, best.safetensors   consolidated fp32 state dict of the plain model
 
-Resuming reads only JSON and safetensors of ours; DeepSpeed reads its own files. The DeepSpeed
-client state holds the same Progress and resolved config (``client_state["fishscale"]``,
-``client_state["config"]``), so the checkpoint alone says how it was made.
+**Writing.** Every rank writes its files into ``<tag>.partial/``; after a barrier rank 0 hashes
+them (fsync on the way), writes manifest.json, renames the folder to ``<tag>`` (atomic on POSIX
+file systems, NFS and Lustre included), replaces latest.json, prunes to ``train.keep_checkpoints``,
+and a last barrier lets every rank go on. A kill at any moment leaves the previous checkpoints
+and at most a ``.partial`` folder.
+
+**Choosing one.** ``choose_checkpoint`` tries the ``step*`` folders newest first; latest.json is
+only a hint (lost, empty or pointing elsewhere, it costs a note). A checkpoint is taken when its
+manifest verifies (every file present, of its size, with its sha256, and the files a resume
+needs listed) and every torch file in it loads weights-only (fishscale.train.safe_load). A
+damaged one is named with its reason and the next older one is tried; when none verifies the
+error names each, and nothing in the run folder has been touched.
+
+Resuming reads only JSON and safetensors of ours, and DeepSpeed's files weights-only.
 
 **Another number of ranks.** ZeRO partitions optimizer state by rank, and DeepSpeed refuses to
 load a checkpoint at another data-parallel size. Then rank 0 converts the checkpoint to
-DeepSpeed's *universal* format (``deepspeed.checkpoint.ds_to_universal``: per-parameter fp32
-weights and Adam moments) and the engine loads it with ``checkpoint.load_universal``; training
-continues with the same global batch, so the sampler replays the same sample order. RNG states
-of ranks that did not exist before are derived from the seed instead.
+DeepSpeed's *universal* format (``deepspeed.checkpoint.ds_to_universal``, weights-only:
+per-parameter fp32 weights and Adam moments) and the engine loads it with
+``checkpoint.load_universal``; training continues with the same global batch, so the sampler
+replays the same sample order. RNG states of ranks that did not exist before are derived from
+the seed instead.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import hashlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -41,8 +59,11 @@ from fishscale.errors import FishscaleError
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
 STATE_NAME = "fishscale_state.json"
-KEEP_CHECKPOINTS = 2          # newest DeepSpeed checkpoints kept; older ones are deleted
+START_NAME = "start.safetensors"
+MANIFEST_NAME = "manifest.json"
+PARTIAL = ".partial"
 UNIVERSAL_SUFFIX = "_universal"
+TAG_PATTERN = re.compile(r"^step(\d{8})$")
 
 
 @dataclass
@@ -79,6 +100,10 @@ class ResumePoint:
     world_size: int
     zero_stage: int
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.tag
 
     @property
     def needs_engine_state(self) -> bool:
@@ -134,39 +159,108 @@ def rank_seed(seed: int, rank: int) -> int:
 
 # ---------------------------------------------------------------- save
 
-def _write_json(path: Path, data: Any) -> None:
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any, durable: bool = False) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=1))
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+        try:
+            os.fsync(f.fileno())            # flush the writer's pages before the manifest vouches for them
+        except OSError:
+            pass
+    return digest.hexdigest()
 
 
 def save_checkpoint(engine, out: Path, progress: Progress, engine_phase: int, config: dict[str, Any],
-                    rank: int, world_size: int) -> str:
-    """engine.save_checkpoint + our JSON files; every rank calls it (a collective)."""
+                    rank: int, world_size: int, start_weights: dict[str, torch.Tensor] | None, keep: int) -> str:
+    """Write one checkpoint atomically; every rank calls it (a collective). Returns its tag.
+
+    `start_weights` (rank 0): the weights a resume from here builds the model from."""
     from fishscale.train.distributed import barrier
     folder = checkpoint_dir(out)
     tag = step_tag(progress.step)
+    partial = folder / (tag + PARTIAL)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)       # what a kill left of an earlier try
+    barrier()
     meta = {"progress": progress.to_dict(), "engine_phase": engine_phase, "world_size": world_size,
             "zero_stage": engine.zero_optimization_stage()}
-    engine.save_checkpoint(str(folder), tag=tag, client_state={"fishscale": meta, "config": config},
+    engine.save_checkpoint(str(folder), tag=partial.name, client_state={"fishscale": meta, "config": config},
                            save_latest=False)
-    _write_json(folder / tag / f"rng-rank{rank}.json", rng_state())
+    _write_json(partial / f"rng-rank{rank}.json", rng_state())
     if rank == 0:
-        _write_json(folder / tag / STATE_NAME, {**meta, "config": config})
-    barrier()                                  # every rank's files are in place before 'latest' moves
+        _write_json(partial / STATE_NAME, {**meta, "config": config})
+        save_weights(start_weights, partial / START_NAME)
+    barrier()                                  # every rank's files are in place
     if rank == 0:
-        _write_json(folder / LATEST, {"tag": tag})
-        prune_checkpoints(folder, keep=KEEP_CHECKPOINTS)
+        commit_checkpoint(folder, partial, tag)
+        prune_checkpoints(folder, keep=keep)
+    barrier()                                  # nobody goes on (or exits) before the commit
     return tag
 
 
+def commit_checkpoint(folder: Path, partial: Path, tag: str) -> None:
+    """manifest.json (written last), then the rename that makes `tag` a checkpoint, then latest.json."""
+    files = {}
+    for path in sorted(p for p in partial.rglob("*") if p.is_file()):
+        files[path.relative_to(partial).as_posix()] = {"bytes": path.stat().st_size, "sha256": _hash_file(path)}
+    _write_json(partial / MANIFEST_NAME, {"tag": tag, "files": files}, durable=True)
+    final, replaced = folder / tag, folder / (tag + ".replaced")
+    if final.exists():                         # a damaged checkpoint a resume fell back past: now redone
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+    os.rename(partial, final)
+    _fsync_dir(folder)
+    _write_json(folder / LATEST, {"tag": tag}, durable=True)
+    shutil.rmtree(replaced, ignore_errors=True)
+    shutil.rmtree(folder / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)   # made from what was replaced
+
+
+def complete_tags(folder: Path) -> list[str]:
+    """Committed checkpoints, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if TAG_PATTERN.match(p.name) and p.is_dir())
+
+
 def prune_checkpoints(folder: Path, keep: int) -> None:
-    latest = json.loads((folder / LATEST).read_text())["tag"]
-    tags = sorted(p.name for p in folder.glob("step*") if p.is_dir() and not p.name.endswith(UNIVERSAL_SUFFIX))
+    """Keep the newest `keep` checkpoints; remove older ones, their universal copies and leftovers."""
+    tags = complete_tags(folder)
     for tag in tags[:-keep]:
-        if tag != latest:
-            shutil.rmtree(folder / tag, ignore_errors=True)
-            shutil.rmtree(folder / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)
+        shutil.rmtree(folder / tag, ignore_errors=True)
+    kept = set(tags[-keep:])
+    for path in folder.iterdir():
+        base = path.name.removesuffix(UNIVERSAL_SUFFIX)
+        if path.is_dir() and ((path.name.endswith(UNIVERSAL_SUFFIX) and base not in kept)
+                              or path.name.endswith((PARTIAL, ".replaced"))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -185,22 +279,95 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-# ---------------------------------------------------------------- resume
+# ---------------------------------------------------------------- verify and choose
 
-def find_resume_point(out: Path) -> ResumePoint | None:
-    """The checkpoint `latest.json` points at, or None when the run folder has none."""
-    folder = checkpoint_dir(out)
+def verify_checkpoint(path: Path) -> str | None:
+    """None when the checkpoint at `path` is whole and safe to load; else the reason it is not."""
+    from fishscale.train.safe_load import pickle_problem
+    manifest = path / MANIFEST_NAME
+    if not manifest.is_file():
+        return f"no {MANIFEST_NAME} (its save never finished)"
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        records = {str(k): (int(v["bytes"]), str(v["sha256"])) for k, v in files.items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{MANIFEST_NAME} is unreadable ({type(e).__name__}: {e})"
+    for name in (STATE_NAME, START_NAME):
+        if name not in records:
+            return f"{MANIFEST_NAME} does not list {name}"
+    if not any(name.endswith("model_states.pt") for name in records):
+        return f"{MANIFEST_NAME} lists no DeepSpeed model states"
+    for name, (size, sha256) in records.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, {size} when written (truncated or overwritten)"
+        if _hash_file(file) != sha256:
+            return f"{name} does not match its sha256 (changed since it was written)"
+    try:
+        state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
+        ranks = int(state["world_size"])
+        Progress.from_dict(state["progress"])
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{STATE_NAME} is unreadable ({type(e).__name__}: {e})"
+    for rank in range(ranks):
+        if f"rng-rank{rank}.json" not in records:
+            return f"rng-rank{rank}.json is missing (every one of its {ranks} ranks wrote one)"
+    for name in records:
+        if name.endswith(".pt"):
+            problem = pickle_problem(path / name)
+            if problem:
+                return f"{name}: {problem}"
+    return None
+
+
+def read_latest(folder: Path) -> tuple[str | None, str | None]:
+    """(tag latest.json names, problem with it)."""
     latest = folder / LATEST
-    if not latest.is_file():
-        return None
+    if not latest.exists():
+        return None, f"{latest} is missing"
     try:
         tag = json.loads(latest.read_text(encoding="utf-8"))["tag"]
-        meta = json.loads((folder / tag / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, KeyError, json.JSONDecodeError) as e:
-        raise FishscaleError(f"{latest}: cannot read the checkpoint it points to: {e}") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        return None, f"{latest} is unreadable ({type(e).__name__}: {e})"
+    if not isinstance(tag, str) or not TAG_PATTERN.match(tag):
+        return None, f"{latest} names no checkpoint ({tag!r})"
+    return tag, None
+
+
+def read_point(folder: Path, tag: str) -> ResumePoint:
+    meta = json.loads((folder / tag / STATE_NAME).read_text(encoding="utf-8"))
     return ResumePoint(tag=tag, folder=folder, progress=Progress.from_dict(meta["progress"]),
                        engine_phase=int(meta["engine_phase"]), world_size=int(meta["world_size"]),
                        zero_stage=int(meta["zero_stage"]), config=meta.get("config", {}))
+
+
+def choose_checkpoint(out: Path) -> tuple[ResumePoint | None, list[str]]:
+    """The newest checkpoint of `out` that verifies (None: there is none), and what to tell the user.
+
+    Raises FishscaleError, naming every checkpoint and its problem, when some exist but none verifies.
+    Reads only; changes nothing."""
+    folder = checkpoint_dir(out)
+    tags = complete_tags(folder)[::-1]
+    if not tags:
+        return None, []
+    hint, hint_problem = read_latest(folder)
+    notes = [f"note: {hint_problem}; choosing among the step folders"] if hint_problem else []
+    damaged = []
+    for tag in tags:
+        problem = verify_checkpoint(folder / tag)
+        if problem is None:
+            if damaged:
+                notes.append(f"resuming from {tag} instead of {damaged[0][0]} (damaged)")
+            elif hint is not None and hint != tag:
+                notes.append(f"note: {folder / LATEST} names {hint}; {tag} is newer and whole: taking it")
+            return read_point(folder, tag), notes
+        damaged.append((tag, problem))
+        notes.append(f"warning: checkpoint {folder / tag} is damaged: {problem}; skipped")
+    listing = "; ".join(f"{tag}: {problem}" for tag, problem in damaged)
+    raise FishscaleError(f"{folder}: no checkpoint can be resumed ({listing}); nothing was changed. Restore one "
+                         f"from a backup, or start again in another train.out")
 
 
 def universal_tag(point: ResumePoint, rank: int) -> str:
@@ -210,33 +377,38 @@ def universal_tag(point: ResumePoint, rank: int) -> str:
     target = point.folder / tag
     failed = False
     if rank == 0 and not (target / "zero").is_dir():
-        shutil.rmtree(target, ignore_errors=True)
-        result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                                 "--input_folder", str(point.folder / point.tag), "--output_folder", str(target),
-                                 "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"],
+        partial = point.folder / (tag + PARTIAL)
+        shutil.rmtree(partial, ignore_errors=True)
+        result = subprocess.run([sys.executable, "-m", "fishscale.train.safe_load", str(point.path), str(partial)],
                                 capture_output=True, text=True)
         failed = result.returncode != 0
         if failed:
             sys.stderr.write(result.stdout[-2000:] + result.stderr[-4000:])
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(partial, target)
     if any_rank(failed):
-        raise FishscaleError(f"{point.folder / point.tag}: conversion to a universal checkpoint failed "
+        raise FishscaleError(f"{point.path}: conversion to a universal checkpoint failed "
                              f"(needed to resume {point.world_size} ranks' checkpoint at another world size)")
     barrier()
     return tag
 
 
 def load_engine_state(engine, point: ResumePoint, tag: str) -> None:
-    """Weights + optimizer state from the DeepSpeed checkpoint `tag` into a fresh engine."""
-    path, _ = engine.load_checkpoint(str(point.folder), tag=tag, load_optimizer_states=True,
+    """Weights + optimizer state from the DeepSpeed checkpoint `tag` into a fresh engine, weights-only."""
+    from fishscale.train.safe_load import load_checkpoint_safely
+    path, _ = load_checkpoint_safely(engine, point.folder, tag, load_optimizer_states=True,
                                      load_lr_scheduler_states=False)
     if path is None:
         raise FishscaleError(f"{point.folder / tag}: DeepSpeed could not load this checkpoint")
 
 
 def restore_rng(point: ResumePoint, rank: int, seed: int) -> None:
-    """This rank's RNG states from the checkpoint (a rank that did not exist: seeded afresh)."""
-    path = point.folder / point.tag / f"rng-rank{rank}.json"
-    if path.is_file():
+    """This rank's RNG states from the checkpoint; a rank that did not exist then is seeded afresh."""
+    path = point.path / f"rng-rank{rank}.json"
+    if rank < point.world_size:
+        if not path.is_file():               # verify_checkpoint saw it: only a change since then
+            raise FishscaleError(f"{path}: missing; resuming without it would reseed rank {rank}")
         set_rng_state(json.loads(path.read_text(encoding="utf-8")))
     else:
         seed_everything(rank_seed(seed + point.progress.step, rank))

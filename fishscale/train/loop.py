@@ -45,18 +45,17 @@ import click
 import numpy as np
 import torch
 
-from fishscale.data.bins import bin_index, check_edges
-from fishscale.train.checkpoint import (Progress, ResumePoint, find_resume_point, load_engine_state, load_weights,
-                                  phase_start_path, rank_seed, restore_rng, save_checkpoint, save_weights,
-                                  seed_everything, universal_tag)
 from fishscale.config import Config, load_config
+from fishscale.data.bins import bin_index, check_edges
 from fishscale.errors import FishscaleError
+from fishscale.train import preempt
+from fishscale.train.checkpoint import (START_NAME, Progress, ResumePoint, choose_checkpoint, load_engine_state,
+                                        load_weights, phase_start_path, rank_seed, read_point, restore_rng,
+                                        save_checkpoint, save_weights, seed_everything, universal_tag)
+from fishscale.train.preempt import PREEMPTED_EXIT, Preempted
 
 VAL_METRICS = ("macro_acc", "top1", "top5", "macro_f1", "loss")     # loss: lower is better
-RESUME_MODES = ("auto", "always", "never")
-# config keys that must match the checkpoint's for a resume to continue the same run
-RESUME_KEYS = ("model", "phases", "loss", "sampler", "optim", "train.batch_size", "train.seed",
-               "data.image_size", "data.train_split")
+RESUME_MODES = ("auto", "always")
 
 
 @dataclass
@@ -85,6 +84,19 @@ class Ctx:
     progress: Progress
     precision: str
     input_dtype: torch.dtype
+    phase_start: dict[str, torch.Tensor] | None = None    # weights the current phase began with
+
+
+class RefusedOnRankZero(FishscaleError):
+    """Rank 0's refusal, repeated on the other ranks (which print nothing: rank 0 says it)."""
+
+
+@dataclass
+class RunStart:
+    """What rank 0 found in train.out, the same on every rank."""
+    point: ResumePoint | None       # the checkpoint to resume from (None: start fresh)
+    finished: bool                  # the run is complete: nothing to do
+    lock: Any = None                # rank 0: the held fishscale.lock.FolderLock
 
 
 # ---------------------------------------------------------------- setup
@@ -131,28 +143,80 @@ def check_config(cfg: Config) -> None:
         raise FishscaleError("config: train.max_nonfinite_steps must be >= 1")
     if cfg.train.log_every_steps < 1:
         raise FishscaleError("config: train.log_every_steps must be >= 1")
+    if cfg.train.keep_checkpoints < 1:
+        raise FishscaleError(f"config: train.keep_checkpoints must be >= 1, got {cfg.train.keep_checkpoints}")
+    if cfg.train.checkpoint_every_steps < 0:
+        raise FishscaleError("config: train.checkpoint_every_steps must be >= 0 (0: only at epoch ends)")
+    if cfg.train.out is None or not str(cfg.train.out).strip():
+        raise FishscaleError("config: train.out is not set: give the run folder to write, e.g. train.out=runs/try1")
 
 
-def check_resume_config(cfg: Config, point: ResumePoint) -> None:
-    now = cfg.to_dict()
-    for key in RESUME_KEYS:
-        a, b = now, point.config
-        for part in key.split("."):
-            a, b = a.get(part) if isinstance(a, dict) else None, b.get(part) if isinstance(b, dict) else None
-        if b is not None and a != b:
-            raise FishscaleError(f"resume: '{key}' differs from the checkpoint's in {point.folder / point.tag} "
-                                 f"({b!r} there, {a!r} now); use the same config, or a new train.out")
+def open_run(cfg: Config, data: RunData, out: Path, resume: str, accept_new_shards: bool, extend: bool,
+             echo) -> RunStart:
+    """Rank 0: lock train.out, check that it may be written and that the run is the same run, choose
+    the checkpoint. Refuses (FishscaleError) before writing a byte; a fresh run's files are written last."""
+    from fishscale.lock import FolderLock
+    from fishscale.train.identity import check_identity, check_out_folder, read_identity, run_identity, write_identity
+    if resume not in RESUME_MODES:
+        raise FishscaleError(f"resume mode must be one of {RESUME_MODES}, got {resume!r}")
+    check_out_folder(out)                      # before the lock: nothing is created in a foreign folder
+    lock = FolderLock(out, "fishscale train", echo).acquire()
+    try:
+        is_run = check_out_folder(out)         # again, now that nobody else can write it
+        identity = run_identity(cfg.to_dict(), data)
+        if is_run:
+            check_identity(out, read_identity(out), identity, accept_new_shards, extend)
+        point, notes = choose_checkpoint(out) if is_run else (None, [])
+        for note in notes:
+            echo(note)
+        if resume == "always" and point is None:
+            raise FishscaleError(f"--resume: {out} holds no checkpoint to resume from")
+        finished = point is not None and point.progress.phase >= len(cfg.phases)
+        if finished and (out / "summary.json").is_file():
+            return RunStart(point=point, finished=True, lock=lock)
+        if point is None:                      # fresh (or killed before its first checkpoint)
+            write_identity(out, identity)
+            write_run_files(cfg, data, out)
+        return RunStart(point=point, finished=False, lock=lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
-def find_resume(cfg: Config, out: Path, mode: str) -> ResumePoint | None:
-    if mode not in RESUME_MODES:
-        raise FishscaleError(f"resume mode must be one of {RESUME_MODES}, got {mode!r}")
-    point = find_resume_point(out) if mode != "never" else None
-    if mode == "always" and point is None:
-        raise FishscaleError(f"--resume: {out} holds no checkpoint to resume from")
-    if point is not None:
-        check_resume_config(cfg, point)
-    return point
+def start_run(cfg: Config, dist, data: RunData, out: Path, resume: str, accept_new_shards: bool,
+              extend: bool, echo) -> RunStart:
+    """open_run on rank 0, its answer (or refusal) on every rank."""
+    from fishscale.train.distributed import broadcast_object
+    start, message = None, None
+    if dist.is_main:
+        try:
+            start = open_run(cfg, data, out, resume, accept_new_shards, extend, echo)
+        except FishscaleError as e:
+            message = str(e)
+    answer = broadcast_object({"error": message, "tag": start.point.tag if start and start.point else None,
+                               "finished": bool(start and start.finished)})
+    if answer["error"] is not None:
+        if dist.is_main:
+            raise FishscaleError(answer["error"])
+        raise RefusedOnRankZero(answer["error"])
+    if dist.is_main:
+        return start
+    point = read_point(out / "checkpoints", answer["tag"]) if answer["tag"] else None
+    return RunStart(point=point, finished=answer["finished"])
+
+
+def after_state_loaded(ctx: Ctx, resumed: bool, accept_new_shards: bool, extend: bool) -> None:
+    """Rewind metrics.jsonl / TensorBoard and bring config.yaml and run.json up to date: only now
+    that the checkpoint has loaded, so a resume that fails leaves the run folder as it was."""
+    from fishscale.train.identity import read_identity, run_identity, write_identity
+    if ctx.log.opened:
+        return
+    ctx.log.open()
+    if resumed and ctx.dist.is_main:
+        ctx.cfg.save(ctx.out / "config.yaml")  # paths, backend, ranks may have changed
+        if accept_new_shards or extend:
+            recorded, now = read_identity(ctx.out), run_identity(ctx.cfg.to_dict(), ctx.data)
+            write_identity(ctx.out, {**now, "created": recorded.get("created")})
 
 
 def phase_epochs(cfg: Config) -> list[int]:
@@ -179,9 +243,7 @@ def start_phase(ctx: Ctx, index: int, weights: dict[str, torch.Tensor] | None, p
     seed_everything(cfg.train.seed)            # the same initial model on every rank
     model = build_model(cfg.model, ctx.data.num_classes, cfg.data.image_size)
     start_file = phase_start_path(ctx.out, index)
-    if weights is None and (point is not None or index > 0):
-        weights = load_weights(start_file)     # resuming: the weights this phase began with
-    if weights is not None:
+    if weights is not None:                    # the previous phase's, or the checkpoint's start.safetensors
         model.load_state_dict(weights)
     phase_start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if dist.is_main and point is None:
@@ -230,7 +292,7 @@ def train_epoch(ctx: Ctx, engine, schedule, epoch: int, steps: int, bar, rng_poi
     while progress.batch < steps:
         started = time.perf_counter()
         lr = schedule.apply(progress.phase_step)
-        loss, skipped = train_step(ctx, engine, batches)
+        loss, skipped, stop = train_step(ctx, engine, batches)
         progress.train_seconds += time.perf_counter() - started
         progress.step += 1
         progress.phase_step += 1
@@ -250,6 +312,9 @@ def train_epoch(ctx: Ctx, engine, schedule, epoch: int, steps: int, bar, rng_poi
                            "batch": progress.batch, "loss": mean, "lr": lr, "img_per_s": img_per_s,
                            "skipped": skipped, "nonfinite_steps": progress.nonfinite_steps})
             window = {"loss": 0.0, "steps": 0, "start": time.perf_counter()}
+        if stop:                               # every rank saw the same vote: stop here, all of us
+            tag = checkpoint(ctx, engine)
+            raise Preempted(preempt.signal_name(), tag, progress.step)
         every = cfg.train.checkpoint_every_steps
         if every and progress.step % every == 0 and progress.batch < steps:
             checkpoint(ctx, engine)
@@ -268,11 +333,14 @@ def isolated_iter(loader) -> Iterator:
         yield batch
 
 
-def train_step(ctx: Ctx, engine, batches: Iterator) -> tuple[float, bool]:
-    """One optimizer step = grad_accum micro batches; (mean loss over ranks, skipped?)."""
+def train_step(ctx: Ctx, engine, batches: Iterator) -> tuple[float, bool, bool]:
+    """One optimizer step = grad_accum micro batches; (mean loss over ranks, skipped?, stop?).
+
+    stop: some rank got SIGTERM / SIGUSR1 (fishscale.train.preempt); the vote rides on the
+    all-reduce of the loss, so every rank gets the same answer in the same step."""
     from fishscale.train.distributed import all_reduce_sum
     from fishscale.train.engine import optimizer_step
-    losses, bad = [], False
+    losses, bad, stop = [], False, False
     for _ in range(ctx.cfg.train.grad_accum):
         images, labels = next(batches)
         images = images.to(ctx.dist.device, ctx.input_dtype, non_blocking=True)
@@ -280,14 +348,16 @@ def train_step(ctx: Ctx, engine, batches: Iterator) -> tuple[float, bool]:
         loss = ctx.loss_fn(engine(images), labels)
         value = float(loss.item())
         finite = math.isfinite(value)
-        total, nonfinite = all_reduce_sum([value if finite else 0.0, 0.0 if finite else 1.0])
+        total, nonfinite, stops = all_reduce_sum([value if finite else 0.0, 0.0 if finite else 1.0,
+                                                  preempt.pending()])
+        stop = stop or stops > 0
         if nonfinite:                      # every rank agrees: poison the gradients so no update happens
             bad = True
             loss = loss * float("nan")
         engine.backward(loss)
         optimizer_step(engine, skip=bad)
         losses.append(total / ctx.dist.world_size)
-    return (float("nan") if bad else sum(losses) / len(losses)), bad
+    return (float("nan") if bad else sum(losses) / len(losses)), bad, stop
 
 
 def count_nonfinite(ctx: Ctx, skipped: bool, epoch: int) -> None:
@@ -390,16 +460,24 @@ def end_epoch(ctx: Ctx, engine, phase_start: dict[str, torch.Tensor], epoch: int
     progress.epoch, progress.batch = epoch + 1, 0
     if last_of_phase:
         progress.phase, progress.phase_step = progress.phase + 1, 0
-    checkpoint(ctx, engine, engine_phase)
+    # at a phase end a resume starts the next phase (or an --extend phase) from these weights
+    tag = checkpoint(ctx, engine, engine_phase, start=weights if last_of_phase else None)
+    from fishscale.train.distributed import any_rank
+    if any_rank(preempt.pending() > 0):        # a signal during validation or the save
+        raise Preempted(preempt.signal_name(), tag, progress.step)
     return weights
 
 
-def checkpoint(ctx: Ctx, engine, engine_phase: int | None = None) -> None:
-    ctx.progress.metrics_lines = ctx.log.lines if ctx.dist.is_main else 0
+def checkpoint(ctx: Ctx, engine, engine_phase: int | None = None,
+               start: dict[str, torch.Tensor] | None = None) -> str:
+    """A checkpoint at the current step (collective); `start`: the weights a resume begins from
+    (default: the phase's start weights; the engine state then restores the trained ones)."""
     from fishscale.train.distributed import broadcast_object
-    ctx.progress.metrics_lines = broadcast_object(ctx.progress.metrics_lines)
-    save_checkpoint(engine, ctx.out, ctx.progress, ctx.progress.phase if engine_phase is None else engine_phase,
-                    ctx.cfg.to_dict(), ctx.dist.rank, ctx.dist.world_size)
+    ctx.progress.metrics_lines = broadcast_object(ctx.log.lines if ctx.dist.is_main else 0)
+    return save_checkpoint(engine, ctx.out, ctx.progress,
+                           ctx.progress.phase if engine_phase is None else engine_phase, ctx.cfg.to_dict(),
+                           ctx.dist.rank, ctx.dist.world_size, start if start is not None else ctx.phase_start,
+                           keep=ctx.cfg.train.keep_checkpoints)
 
 
 def _fmt(value: Any) -> str:
@@ -408,24 +486,49 @@ def _fmt(value: Any) -> str:
 
 # ---------------------------------------------------------------- the run
 
-def main(cfg: Config, resume: str = "auto") -> dict[str, Any]:
-    """Train `cfg` on this process's rank; return the summary (the same on every rank)."""
-    from fishscale.train.distributed import barrier, init_distributed
-    from fishscale.train.engine import destroy_engine, resolve_precision
-    from fishscale.model.losses import build_loss
+def main(cfg: Config, resume: str = "auto", accept_new_shards: bool = False, extend: bool = False) -> dict[str, Any]:
+    """Train `cfg` on this process's rank; return the summary (the same on every rank).
+
+    Raises Preempted after a SIGTERM / SIGUSR1 (checkpoint written), FishscaleError on refusal."""
+    from fishscale.train.distributed import init_distributed
     from fishscale.train.runlog import RunLog
+    from fishscale.train.safe_load import forbid_pickles
 
     check_config(cfg)
+    forbid_pickles()
     dist = init_distributed()
+    preempt.install()
     out = Path(cfg.train.out)
     data = load_run_data(cfg)
-    point = find_resume(cfg, out, resume)
-    if dist.is_main:
-        write_run_files(cfg, data, out)
-    barrier()
+    log = RunLog(out, dist.is_main)
+    start = start_run(cfg, dist, data, out, resume, accept_new_shards, extend, log.echo)
+    try:
+        if start.finished:
+            return finished_summary(out, dist.is_main, log.echo)
+        return train_run(cfg, dist, data, out, log, start.point, accept_new_shards, extend)
+    finally:
+        log.close()
+        if start.lock is not None:
+            start.lock.release()
+
+
+def finished_summary(out: Path, is_main: bool, echo) -> dict[str, Any]:
+    """A finished run started again: say so, touch nothing."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    if is_main:
+        echo(f"{out}: this run is finished ({summary.get('epochs')} epoch(s), {summary.get('steps')} steps; "
+             f"summary.json); nothing to do. To train it further add phases and pass --extend; to train "
+             f"again, use another train.out")
+    return summary
+
+
+def train_run(cfg: Config, dist, data: RunData, out: Path, log, point: ResumePoint | None,
+              accept_new_shards: bool, extend: bool) -> dict[str, Any]:
+    from fishscale.train.engine import destroy_engine, resolve_precision
+    from fishscale.model.losses import build_loss
     progress = point.progress if point is not None else Progress()
-    log = RunLog(out, dist.is_main, resume_lines=progress.metrics_lines if point else None,
-                 purge_step=progress.step + 1 if point else None)
+    if point is not None:                      # rewound in after_state_loaded, once the state is in
+        log.resume_from(lines=progress.metrics_lines, purge_step=progress.step + 1)
     precision = resolve_precision(cfg.train.precision, dist.on_gpu)
     ctx = Ctx(cfg=cfg, dist=dist, data=data, out=out, loss_fn=build_loss(cfg.loss, data.class_counts).to(dist.device),
               log=log, progress=progress, precision=precision,
@@ -434,27 +537,30 @@ def main(cfg: Config, resume: str = "auto") -> dict[str, Any]:
         log.echo(f"resuming {out} at phase {progress.phase}, epoch {progress.epoch}, batch {progress.batch} "
                  f"(checkpoint {point.tag}, {point.world_size} rank(s) then, {dist.world_size} now)")
     first_epoch = phase_epochs(cfg)
-    weights = None
+    weights = load_weights(point.path / START_NAME) if point is not None else None
     for index, phase in enumerate(cfg.phases):
         if index < progress.phase:
             continue
-        # mid-phase checkpoint: engine state + RNG; at a phase boundary the weights file is all
+        # mid-phase checkpoint: engine state + RNG; at a phase boundary the start weights are all
         resume_here = point if point is not None and point.needs_engine_state and point.engine_phase == index else None
         steps = steps_per_epoch(ctx, first_epoch[index])
-        engine, phase_start, schedule = start_phase(ctx, index, weights, resume_here, steps * phase.epochs)
+        engine, ctx.phase_start, schedule = start_phase(ctx, index, weights, resume_here, steps * phase.epochs)
+        after_state_loaded(ctx, point is not None, accept_new_shards, extend)
         for epoch in range(max(progress.epoch, first_epoch[index]), first_epoch[index + 1]):
             if hasattr(ctx.loss_fn, "set_epoch"):
                 ctx.loss_fn.set_epoch(epoch)
             bar = log.progress(steps, f"{phase.name} {epoch - first_epoch[index] + 1}/{phase.epochs}",
                                initial=progress.batch)
-            train_epoch(ctx, engine, schedule, epoch, steps, bar, resume_here)
+            try:
+                train_epoch(ctx, engine, schedule, epoch, steps, bar, resume_here)
+            finally:
+                bar.close()
             resume_here = None
-            bar.close()
-            weights = end_epoch(ctx, engine, phase_start, epoch, last_of_phase=epoch + 1 == first_epoch[index + 1])
+            weights = end_epoch(ctx, engine, ctx.phase_start, epoch,
+                                last_of_phase=epoch + 1 == first_epoch[index + 1])
         destroy_engine(engine)
-    summary = finish(ctx)
-    log.close()
-    return summary
+    after_state_loaded(ctx, point is not None, accept_new_shards, extend)   # a run that was only left to finish
+    return finish(ctx)
 
 
 def finish(ctx: Ctx) -> dict[str, Any]:
@@ -489,6 +595,9 @@ def launch_main(argv: Sequence[str] | None = None, prog: str | None = None) -> i
     parser = argparse.ArgumentParser(prog=prog, description="fishscale training, one rank (run it under `deepspeed`).")
     parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="insist on resuming from the run folder's checkpoint")
+    parser.add_argument("--accept-new-shards", action="store_true",
+                        help="resume although the shards' manifests changed (classes and counts must not)")
+    parser.add_argument("--extend", action="store_true", help="continue a run with phases added after its own")
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher (or use env)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     args = parser.parse_args(argv)
@@ -496,27 +605,61 @@ def launch_main(argv: Sequence[str] | None = None, prog: str | None = None) -> i
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from fishscale.train.distributed import pick_accelerator
     pick_accelerator()
+    from fishscale.train.distributed import shutdown
     try:
         cfg = load_config(args.config, args.overrides)
-        main(cfg, resume="always" if args.resume else "auto")
+        main(cfg, resume="always" if args.resume else "auto", accept_new_shards=args.accept_new_shards,
+             extend=args.extend)
+    except RefusedOnRankZero:
+        return 2                               # rank 0 prints why
     except FishscaleError as e:
         # no goodbye barrier: the peers may be stuck in a collective; the launcher stops them
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from fishscale.train.distributed import shutdown
+    except Preempted as e:                     # every rank stopped at the same step: leave together
+        if os.environ.get("RANK", "0") == "0":
+            print(str(e), file=sys.stderr)
+            preempt.record(e)
+        shutdown()
+        return PREEMPTED_EXIT
     shutdown()
     return 0
 
 
-def launcher_command(config: Path, nproc: int, resume: bool, overrides: Sequence[str]) -> list[str]:
+def launcher_command(config: Path, nproc: int, flags: Sequence[str], overrides: Sequence[str]) -> list[str]:
     """`python -m deepspeed.launcher.runner --num_gpus N ... -m fishscale.train ...` for this machine."""
     from fishscale.train.distributed import free_port
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-               "--master_port", str(free_port()), "--no_local_rank", "--module", "fishscale.train",
-               "--config", str(config)]
-    if resume:
-        command.append("--resume")
-    return command + list(overrides)
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+            "--master_port", str(free_port()), "--no_local_rank", "--module", "fishscale.train",
+            "--config", str(config), *flags, *overrides]
+
+
+def run_launcher(command: list[str]) -> int:
+    """Run the deepspeed launcher; SIGTERM / SIGUSR1 to this process reach its ranks as SIGUSR1.
+
+    The launcher's own processes start with SIGUSR1 ignored (it would kill them; the ranks install
+    their handler), and the deepspeed launcher would answer a SIGTERM by killing the ranks."""
+    import signal
+    import psutil
+
+    def ignore_usr1() -> None:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+    process = subprocess.Popen(command, preexec_fn=ignore_usr1)
+
+    def forward(signum, frame) -> None:
+        for child in psutil.Process(process.pid).children(recursive=True):
+            try:
+                child.send_signal(signal.SIGUSR1)
+            except psutil.Error:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in preempt.STOP_SIGNALS}
+    try:
+        return process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})
@@ -528,8 +671,15 @@ def launcher_command(config: Path, nproc: int, resume: bool, overrides: Sequence
 @click.option("--resume", is_flag=True,
               help="Insist on resuming from the run folder's checkpoint (error if none). Without it a run "
                    "folder holding a checkpoint resumes anyway, and an empty one starts fresh.")
+@click.option("--accept-new-shards", is_flag=True,
+              help="Resume although data.shards' manifests differ from the run's (a deliberate re-sharding); "
+                   "classes and training counts must still be the same.")
+@click.option("--extend", is_flag=True,
+              help="Continue a run (finished or not) with phases added after its own; the phases it has "
+                   "must stay as they were.")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-def train_command(config_path: Path, nproc: int, resume: bool, overrides: tuple[str, ...]) -> None:
+def train_command(config_path: Path, nproc: int, resume: bool, accept_new_shards: bool, extend: bool,
+                  overrides: tuple[str, ...]) -> None:
     """Fine-tune a timm model under DeepSpeed ZeRO: phases, validation, checkpoints, resume.
 
     OVERRIDES are dotted.key=value pairs on top of the config, e.g. train.zero_stage=3
@@ -543,13 +693,25 @@ def train_command(config_path: Path, nproc: int, resume: bool, overrides: tuple[
     micro_batch_size(cfg.train.batch_size, nproc, cfg.train.grad_accum)
     if nproc == 1:
         from fishscale.train.distributed import shutdown
-        main(cfg, resume="always" if resume else "auto")
-        shutdown()
+        try:
+            main(cfg, resume="always" if resume else "auto", accept_new_shards=accept_new_shards, extend=extend)
+        except Preempted as e:
+            click.echo(str(e), err=True)
+            preempt.record(e)
+            sys.exit(PREEMPTED_EXIT)
+        finally:
+            shutdown()
         return
     from fishscale.train.distributed import pick_accelerator
     pick_accelerator()
-    result = subprocess.run(launcher_command(config_path, nproc, resume, overrides))
-    if result.returncode != 0:
-        raise FishscaleError(f"training failed (the deepspeed launcher exited {result.returncode}; "
+    flags = [flag for flag, on in (("--resume", resume), ("--accept-new-shards", accept_new_shards),
+                                   ("--extend", extend)) if on]
+    code = run_launcher(launcher_command(config_path, nproc, flags, overrides))
+    if code == PREEMPTED_EXIT:
+        click.echo(f"training stopped by a signal at a step boundary, checkpoint written; the same command "
+                   f"resumes (exit {PREEMPTED_EXIT})", err=True)
+        sys.exit(PREEMPTED_EXIT)
+    if code != 0:
+        raise FishscaleError(f"training failed (the deepspeed launcher exited {code}; "
                              f"each rank's error is printed above)")
 

@@ -1,6 +1,7 @@
 """What a run tells the world: metrics.jsonl, TensorBoard events, the rank-0 progress bar.
 
-    log = RunLog(out, enabled=dist.is_main, resume_lines=None)
+    log = RunLog(out, enabled=dist.is_main)
+    log.open()                     # after log.resume_from(lines, purge_step) when resuming
     log.write({"kind": "train", "epoch": 0, "phase": 0, "step": 12, "loss": 2.3, "lr": 1e-3, "img_per_s": 80})
     bar = log.progress(total=steps, desc="phase head epoch 1/3")
     log.close()
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,34 +43,54 @@ def truncate_lines(path: Path, keep: int) -> None:
     """Keep the first `keep` complete lines of `path` (drops a torn last line too)."""
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    complete = [line for line in lines[:keep] if line.endswith("\n")]
-    path.write_text("".join(complete), encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    kept = "".join(line for line in text.splitlines(keepends=True)[:keep] if line.endswith("\n"))
+    if kept != text:                       # renamed into place: a kill now leaves one or the other
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(kept, encoding="utf-8")
+        os.replace(tmp, path)
 
 
 class RunLog:
-    def __init__(self, out: Path, enabled: bool, resume_lines: int | None = None, purge_step: int | None = None):
+    """Rank 0's metrics.jsonl + TensorBoard writer. Nothing is touched before ``open()``: a resume
+    calls ``resume_from(...)`` first and opens only once the checkpoint has loaded."""
+
+    def __init__(self, out: Path, enabled: bool):
         self.enabled = enabled
-        self.path = Path(out) / METRICS_NAME
+        self.out = Path(out)
+        self.path = self.out / METRICS_NAME
         self.lines = 0
+        self.opened = False
+        self._resume_lines: int | None = None
+        self._purge_step: int | None = None
         self._file = None
         self._tb = None
-        if not enabled:
+
+    def resume_from(self, lines: int, purge_step: int) -> None:
+        """On open: keep the first `lines` lines of metrics.jsonl and purge TensorBoard events from
+        `purge_step` on (instead of starting both afresh)."""
+        self._resume_lines, self._purge_step = lines, purge_step
+
+    def open(self) -> None:
+        self.opened = True
+        if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_lines is None:
+        if self._resume_lines is None:
             self.path.write_text("", encoding="utf-8")
         else:
-            truncate_lines(self.path, resume_lines)
+            truncate_lines(self.path, self._resume_lines)
         self.lines = len(self.path.read_text(encoding="utf-8").splitlines())
         self._file = self.path.open("a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter
-        self._tb = SummaryWriter(str(Path(out) / TB_DIR), purge_step=purge_step)
+        self._tb = SummaryWriter(str(self.out / TB_DIR), purge_step=self._purge_step)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record to metrics.jsonl and its numbers to TensorBoard."""
         if not self.enabled:
             return
+        if self._file is None:
+            raise RuntimeError("RunLog.write before RunLog.open")
         self._file.write(json.dumps(_json_safe(record)) + "\n")
         self._file.flush()
         self.lines += 1
