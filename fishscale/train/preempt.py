@@ -49,7 +49,7 @@ def pending() -> float:
 
 
 def signal_name() -> str:
-    return _received[0] if _received else "a signal on another rank"
+    return _received[0] if _received else "SIGTERM or SIGUSR1 on another rank"
 
 
 def ignore_in_worker(*_args) -> None:

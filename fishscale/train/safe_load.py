@@ -42,12 +42,18 @@ def forbid_pickles() -> None:
     """Make every torch.load of this process (and of processes it starts) weights-only."""
     os.environ[FORCE_ENV] = "1"
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    allow_deepspeed_types()
+
+
+def allow_deepspeed_types() -> None:
+    """Allow SAFE_GLOBALS for good (torch's safe_globals() context would drop them again on exit,
+    under a caller that still needs them)."""
     torch.serialization.add_safe_globals(safe_globals())
 
 
 def safe_load(path: str | Path, map_location=None, mmap: bool = False):
-    with torch.serialization.safe_globals(safe_globals()):
-        return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
+    allow_deepspeed_types()
+    return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def pickle_problem(path: Path) -> str | None:
@@ -77,11 +83,11 @@ def make_safe_engine():
 def load_checkpoint_safely(engine, folder: Path, tag: str, **kwargs):
     """engine.load_checkpoint with its checkpoint engine swapped for the weights-only one (and the
     process-wide weights_only=True of forbid_pickles() for DeepSpeed's direct torch.load calls)."""
+    allow_deepspeed_types()
     saved = engine.checkpoint_engine
     engine.checkpoint_engine = make_safe_engine()
     try:
-        with torch.serialization.safe_globals(safe_globals()):
-            return engine.load_checkpoint(str(folder), tag=tag, **kwargs)
+        return engine.load_checkpoint(str(folder), tag=tag, **kwargs)
     finally:
         engine.checkpoint_engine = saved
 
