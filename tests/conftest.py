@@ -38,3 +38,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not present (real fish-vista CSVs live only in the team's shared folder)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config(tiny_shards, tmp_path_factory) -> Path:
+    """The training tests' config (tests/trainkit.py: a 0.2 M-parameter Swin at 32 px, 2 x 8 steps)."""
+    import yaml
+    from trainkit import tiny_config
+    path = tmp_path_factory.mktemp("train_cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_shards)), encoding="utf-8")
+    return path

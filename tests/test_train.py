@@ -28,49 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
 from fishscale.config import load_config
 from fishscale.errors import FishscaleError
-
-REPO = Path(__file__).resolve().parents[1]
-STEPS = 16                      # 2 phases x 1 epoch x 8 steps
-LAUNCH_TIMEOUT = 420
-
-
-def tiny_config(shards: Path) -> dict:
-    return {
-        "data": {"shards": str(shards), "backend": "torch", "image_size": 32, "num_workers": 0},
-        "augment": {"rotate_prob": 0.0, "color_jitter_prob": 0.0, "sharpness_prob": 0.0},
-        "sampler": {"epoch_length": 128},
-        "model": {"name": "swin_tiny_patch4_window7_224", "drop_path_rate": 0.0,
-                  "kwargs": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4}},
-        "loss": {"name": "ce"},
-        "optim": {"warmup_steps": 0, "weight_decay": 0.0},
-        "phases": [{"name": "head", "epochs": 1, "freeze_backbone": True, "lr": 1.0e-2},
-                   {"name": "full", "epochs": 1, "freeze_backbone": False, "lr": 3.0e-3}],
-        "train": {"batch_size": 16, "zero_stage": 2, "log_every_steps": 1, "clip_grad": 1.0},
-        "eval": {"batch_size": 64},
-    }
-
+from trainkit import LAUNCH_TIMEOUT, REPO, STEPS, check_ok, fishscale_train, train_losses
 
 @pytest.fixture(scope="module")
-def config_file(tiny_shards, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("train_cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(tiny_shards)), encoding="utf-8")
-    return path
-
-
-def fishscale_train(config: Path, out: Path, *overrides: str, nproc: int = 1) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "fishscale.cli", "train", "--config", str(config), "--nproc", str(nproc),
-               f"train.out={out}", *overrides]
-    return subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=out.parent)
-
-
-def check_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+def config_file(tiny_train_config) -> Path:
+    return tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +53,6 @@ def runs(config_file, tmp_path_factory):
             cache[name] = out
         return cache[name]
     return get
-
-
-def train_losses(run: Path) -> pd.Series:
-    """step -> loss of every logged train step (pandas reads what json.dumps wrote)."""
-    frame = pd.read_json(run / "metrics.jsonl", lines=True)
-    train = frame[frame["kind"] == "train"]
-    return train.set_index("step")["loss"].astype(float)
 
 
 def expected_keys(run: Path) -> set[str]:
