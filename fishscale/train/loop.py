@@ -20,13 +20,16 @@ nodes, and node 0's address is the master)::
     deepspeed --hostfile launch/hostfile --no_ssh --node_rank I --master_addr 10.0.0.1 --master_port 29500 \\
         launch/train.py --config configs/fishvista_swin_b.yaml
 
-SLURM: ``sbatch launch/slurm.sbatch configs/fishvista_swin_b.yaml`` (one launcher per node, by hand
-as above). A run folder that holds a checkpoint resumes where it stopped (``--resume`` insists).
+SLURM: ``sbatch launch/slurm.sbatch configs/fishvista_swin_b.yaml`` (one srun task per rank; a
+preempted job checkpoints and requeues itself). A run folder that holds a checkpoint resumes where it
+stopped (``--resume`` insists), if it is the same run (fishscale.train.identity); SIGTERM / SIGUSR1
+stop every rank at the next step with a checkpoint and exit 75 (fishscale.train.preempt).
 
 The loop, phase by phase: build the model (weights carried from the previous phase), freeze the
 backbone if the phase says so, build the engine over the trainable parameter groups, then per
 epoch: train (warm-up + cosine lr, gradient accumulation, non-finite steps skipped), validate,
-save last/best weights and a DeepSpeed checkpoint. Layout of the run folder: docs/training.md.
+save last/best weights and a DeepSpeed checkpoint. Layout of the run folder, and what survives
+what: docs/training.md.
 """
 from __future__ import annotations
 
