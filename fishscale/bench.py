@@ -1,4 +1,4 @@
-"""`fishscale bench shard|loader|train`: throughput ratios measured side by side in one run."""
+"""`fishscale bench shard|loader|train|checkpoint`: throughput ratios measured side by side in one run."""
 from __future__ import annotations
 
 import click
@@ -12,6 +12,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                "Seed-style PIL baseline vs torch backend vs DALI vs the decode ceiling."),
     "train": ("fishscale.benchmarks.train:bench_train_command",
               "DeepSpeed engine vs a plain PyTorch loop; loader share; ZeRO memory."),
+    "checkpoint": ("fishscale.benchmarks.checkpoint:bench_checkpoint_command",
+                   "DeepSpeed's bare save vs fishscale's atomic, verified save vs resume-time verification."),
 }
 
 
