@@ -371,12 +371,15 @@ def choose_checkpoint(out: Path) -> tuple[ResumePoint | None, list[str]]:
 
 
 def universal_tag(point: ResumePoint, rank: int) -> str:
-    """Convert the checkpoint to DeepSpeed's universal format once (rank 0); every rank waits."""
+    """Convert the verified checkpoint to DeepSpeed's universal format (rank 0; every rank waits).
+
+    Always converted afresh: a universal folder left from an earlier resume is not covered by
+    the manifest, so it is not trusted."""
     from fishscale.train.distributed import any_rank, barrier
     tag = point.tag + UNIVERSAL_SUFFIX
     target = point.folder / tag
     failed = False
-    if rank == 0 and not (target / "zero").is_dir():
+    if rank == 0:
         partial = point.folder / (tag + PARTIAL)
         shutil.rmtree(partial, ignore_errors=True)
         result = subprocess.run([sys.executable, "-m", "fishscale.train.safe_load", str(point.path), str(partial)],
@@ -397,8 +400,13 @@ def universal_tag(point: ResumePoint, rank: int) -> str:
 def load_engine_state(engine, point: ResumePoint, tag: str) -> None:
     """Weights + optimizer state from the DeepSpeed checkpoint `tag` into a fresh engine, weights-only."""
     from fishscale.train.safe_load import load_checkpoint_safely
-    path, _ = load_checkpoint_safely(engine, point.folder, tag, load_optimizer_states=True,
-                                     load_lr_scheduler_states=False)
+    try:
+        path, _ = load_checkpoint_safely(engine, point.folder, tag, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
+    except Exception as e:                    # verified files DeepSpeed still rejects: say so, no traceback
+        reason = " ".join(str(e).split())[:400]
+        raise FishscaleError(f"{point.folder / tag}: DeepSpeed could not load this checkpoint "
+                             f"({type(e).__name__}: {reason}); the run folder is unchanged") from None
     if path is None:
         raise FishscaleError(f"{point.folder / tag}: DeepSpeed could not load this checkpoint")
 
