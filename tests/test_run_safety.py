@@ -222,8 +222,11 @@ def test_a_planted_pickle_runs_nothing_even_past_verification(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["ran"] is False and not marker.exists()
     assert report["verify"].startswith("mp_rank_00_model_states.pt is ") and "when written" in report["verify"]
+    assert report["engine"].startswith("FishscaleError: ") and "refused to unpickle it" in report["engine"]
+    assert "weights_only` set to `False` will likely succeed" not in report["engine"]    # no advice to turn it off
     for key in ("engine", "direct"):
-        assert report[key].startswith("UnpicklingError") and "posix.system" in report[key], report[key]
+        assert "UNSUPPORTED GLOBAL POSIX.SYSTEM" in report[key].upper(), report[key]
+    assert report["direct"].startswith("UnpicklingError")
 
 
 # ---------------------------------------------------------------- one run, one identity

@@ -399,14 +399,17 @@ def universal_tag(point: ResumePoint, rank: int) -> str:
 
 def load_engine_state(engine, point: ResumePoint, tag: str) -> None:
     """Weights + optimizer state from the DeepSpeed checkpoint `tag` into a fresh engine, weights-only."""
-    from fishscale.train.safe_load import load_checkpoint_safely
+    import pickle
+    from fishscale.train.safe_load import load_checkpoint_safely, refusal
     try:
         path, _ = load_checkpoint_safely(engine, point.folder, tag, load_optimizer_states=True,
                                          load_lr_scheduler_states=False)
+    except pickle.UnpicklingError as e:       # verified, then changed under us: still nothing runs
+        raise FishscaleError(f"{point.folder / tag}: a file {refusal(e)}") from None
     except Exception as e:                    # verified files DeepSpeed still rejects: say so, no traceback
         reason = " ".join(str(e).split())[:400]
         raise FishscaleError(f"{point.folder / tag}: DeepSpeed could not load this checkpoint "
-                             f"({type(e).__name__}: {reason}); the run folder is unchanged") from None
+                             f"({type(e).__name__}: {reason})") from None
     if path is None:
         raise FishscaleError(f"{point.folder / tag}: DeepSpeed could not load this checkpoint")
 

@@ -56,16 +56,22 @@ def safe_load(path: str | Path, map_location=None, mmap: bool = False):
     return torch.load(str(path), map_location=map_location, weights_only=True, mmap=mmap)
 
 
+def refusal(error: Exception) -> str:
+    """Why a torch file did not load, in one line (without torch's advice to turn the check off)."""
+    text = " ".join(str(error).split())
+    for marker in ("Trying to load unsupported GLOBAL", "Unsupported global:", "Unsupported operand"):
+        if marker in text:
+            reason = text[text.index(marker):].split(". Please")[0]
+            return f"refused to unpickle it: it asks to run code or build a foreign object ({reason[:200]})"
+    return f"not a readable torch file ({type(error).__name__}: {text[:200]})"
+
+
 def pickle_problem(path: Path) -> str | None:
     """None when `path` loads weights-only; else why not (e.g. the global it would have run)."""
     try:
         safe_load(path, map_location="cpu", mmap=True)
     except Exception as e:                      # UnpicklingError, a torn zip, an unsupported format ...
-        text = str(e).strip().splitlines()
-        reason = next((line for line in text if "GLOBAL" in line or "Unsupported" in line), text[0] if text else "")
-        if "GLOBAL" in reason or "Unsupported" in reason or "weights_only" in str(e):
-            return f"refused to unpickle it: it asks to run code or build a foreign object ({reason.strip()[:200]})"
-        return f"not a readable torch file ({type(e).__name__}: {reason.strip()[:200]})"
+        return refusal(e)
     return None
 
 
