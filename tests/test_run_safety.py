@@ -142,10 +142,13 @@ def test_damaged_checkpoints_and_a_lost_pointer_fall_back_to_the_newest_whole_on
     a, b = train_losses(reference), train_losses(out)
     assert list(b.index) == list(range(1, STEPS + 1))
     assert a.to_list() == b.to_list()
-    # the replay rewrote the damaged checkpoints whole
-    assert json.loads((folder / "latest.json").read_text()) == {"tag": "step00000016"}
+    # the replay wrote each step again under a new name (never over a folder); pruning to 5 whole ones
+    # dropped the damaged ones behind it; step 12's forged manifest still passes the cheap check
+    assert json.loads((folder / "latest.json").read_text()) == {"tag": "step00000016-2"}
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [
+        "step00000009-2", "step00000012", "step00000012-2", "step00000015-2", "step00000016-2"]
     from fishscale.train.checkpoint import verify_checkpoint
-    assert [verify_checkpoint(folder / f"step{s:08d}") for s in (9, 12, 15, 16)] == [None] * 4
+    assert [verify_checkpoint(folder / f"step{s:08d}-2") for s in (9, 12, 15, 16)] == [None] * 4
 
 
 def test_no_whole_checkpoint_is_one_line_and_touches_nothing(reference, tiny_train_config, tmp_path):
@@ -169,11 +172,62 @@ def test_latest_pointer_of_any_shape_only_costs_a_note(reference, tmp_path):
     latest = out / "checkpoints" / "latest.json"
     for text, note in (("[]", "latest.json is unreadable"), ('{"tag": 20}', "latest.json names no checkpoint (20)"),
                        ('{"tag": "step00000012"}', "latest.json names step00000012; step00000016 is newer"),
-                       ("", "latest.json is unreadable")):
-        latest.write_text(text)
+                       ("", "latest.json is unreadable"), (None, "latest.json is not a file")):
+        if text is None:
+            latest.unlink()
+            latest.mkdir()
+        else:
+            latest.write_text(text)
         point, notes = choose_checkpoint(out)
         assert point.tag == "step00000016" and point.progress.step == 16
         assert any(note in n for n in notes), (text, notes)
+
+
+def test_copies_links_and_additions_are_not_taken_for_checkpoints(reference, tmp_path):
+    """What a hostile hand can do to a checkpoint folder without breaking a sha256 is still refused."""
+    from fishscale.train.checkpoint import choose_checkpoint
+    out = copy_run(reference, tmp_path)
+    folder = out / "checkpoints"
+    shutil.copytree(folder / "step00000008", folder / "step99999999")            # an old one, renamed newest
+    (folder / "step00000017").symlink_to("step00000016")                        # a link is not a checkpoint
+    (folder / "step00000016" / "extra.pt").write_bytes(b"\0" * 10)              # added after the save
+    point, notes = choose_checkpoint(out)
+    assert point.tag == "step00000015", notes
+    text = "\n".join(notes)
+    assert "step99999999 is damaged: manifest.json was written for 'step00000008', not for this folder" in text
+    assert "step00000016 is damaged: extra.pt is not in its manifest.json" in text
+    assert "step00000017" not in text
+
+
+def test_a_run_whose_checkpoints_are_all_gone_is_not_restarted(reference, tiny_train_config, tmp_path):
+    out = copy_run(reference, tmp_path)
+    (out / "summary.json").unlink()
+    for path in (out / "checkpoints").glob("step*"):
+        shutil.rmtree(path)
+    before = folder_digest(out)
+    refused(fishscale_train(tiny_train_config, out, *REFERENCE), "latest.json names step00000016, but no checkpoint "
+            "is left", "starting again would overwrite")
+    assert folder_digest(out) == before
+
+
+def test_prune_keeps_the_newest_whole_checkpoints_and_never_reuses_a_name(tmp_path):
+    from fishscale.train.checkpoint import MANIFEST_NAME, new_tag, prune_checkpoints
+
+    def fake(tag: str, whole: bool = True) -> None:
+        (tmp_path / tag).mkdir()
+        (tmp_path / tag / "a.bin").write_bytes(b"12345")
+        record = {"bytes": 5 if whole else 6, "sha256": hashlib.sha256(b"12345").hexdigest()}
+        (tmp_path / tag / MANIFEST_NAME).write_text(json.dumps({"tag": tag, "files": {"a.bin": record}}))
+
+    for tag in ("step00000003", "step00000006", "step00000009", "step00000012-2"):
+        fake(tag)
+    fake("step00000012", whole=False)                  # damaged, behind a whole one of the same step
+    fake("step00000020", whole=False)                  # damaged, ahead of the newest: not ours to judge
+    (tmp_path / "step00000015.partial").mkdir()        # a cut-short save
+    (tmp_path / "step00000003_universal").mkdir()      # a universal copy of a checkpoint to be removed
+    assert new_tag(tmp_path, 12) == "step00000012-3" and new_tag(tmp_path, 13) == "step00000013"
+    prune_checkpoints(tmp_path, keep=2, newest="step00000012-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step00000009", "step00000012-2", "step00000020"]
 
 
 SAFE_LOAD_SCRIPT = r"""
@@ -264,8 +318,12 @@ def test_other_data_or_config_is_refused_before_a_byte_is_written(reference, tin
             "the train manifest differs", "--accept-new-shards")
     refused(fishscale_train(tiny_train_config, reference, *REFERENCE, "train.seed=7"),
             "config 'train.seed' differs from the run's (0 in the run, 7 now)")
+    refused(fishscale_train(tiny_train_config, reference, *REFERENCE, "train.max_steps_per_epoch=4"),
+            "config 'train.max_steps_per_epoch' differs from the run's (null in the run, 4 now)")
+    refused(fishscale_train(tiny_train_config, reference, *REFERENCE, "model.name=resnet18"),
+            "config 'model.name' differs from the run's")
     refused(fishscale_train(tiny_train_config, reference, *REFERENCE, "phases.1.lr=0.5"),
-            "config 'phases' differs", "--extend adds phases")
+            "config 'phases.1.lr' differs from the run's (0.003 in the run, 0.5 now)", "--extend adds phases")
     assert folder_digest(reference) == before
 
 
@@ -450,3 +508,26 @@ def test_two_ranks_stop_together_on_one_ranks_signal_and_on_slurms(reference, ti
     a, b = train_losses(reference), train_losses(out)
     assert list(b.index) == list(range(1, STEPS + 1))
     np.testing.assert_allclose(b.to_numpy(), a.to_numpy(), rtol=1e-5)
+
+
+def test_a_hand_edited_run_json_is_a_clean_refusal(reference, tmp_path):
+    from fishscale.errors import FishscaleError
+    from fishscale.train.identity import check_identity, read_identity
+    out = copy_run(reference, tmp_path)
+    good = json.loads((out / "run.json").read_text())
+    for key, value in (("config", None), ("class_names", None), ("manifests", []), ("format", "other")):
+        data = {k: v for k, v in good.items() if not (k == key and value is None)}
+        if value is not None:
+            data[key] = value
+        (out / "run.json").write_text(json.dumps(data))
+        with pytest.raises(FishscaleError, match="run.json"):
+            read_identity(out)
+    (out / "run.json").write_text("{not json")
+    with pytest.raises(FishscaleError, match="unreadable"):
+        read_identity(out)
+    longer = {**good, "train_class_counts": good["train_class_counts"] + [5]}
+    with pytest.raises(FishscaleError, match="holds 24 training counts for 23 classes"):
+        check_identity(out, longer, good, accept_new_shards=False, extend=False)
+    broken = {**good, "config": {**good["config"], "phases": None}}
+    with pytest.raises(FishscaleError, match="'phases' differs"):
+        check_identity(out, broken, good, accept_new_shards=False, extend=True)

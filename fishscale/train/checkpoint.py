@@ -9,6 +9,7 @@
                                        at a phase boundary, the next phase's)
             manifest.json              every file above with its size and sha256; written last
         step00000125.partial/          a checkpoint being written, or cut short (ignored; removed)
+        step00000120-2/                the same step written again (a replay): names are never reused
         latest.json                    {"tag": "step00000120"}: replaced atomically after each commit
         phase0_start.safetensors ...   the fp32 weights each phase started from (a record)
     <out>/last.safetensors, best.safetensors   consolidated fp32 state dict of the plain model
@@ -16,15 +17,18 @@
 **Writing.** Every rank writes its files into ``<tag>.partial/``; after a barrier rank 0 hashes
 them (fsync on the way), writes manifest.json, renames the folder to ``<tag>`` (atomic on POSIX
 file systems, NFS and Lustre included), replaces latest.json, prunes to ``train.keep_checkpoints``,
-and a last barrier lets every rank go on. A kill at any moment leaves the previous checkpoints
-and at most a ``.partial`` folder.
+and a last barrier lets every rank go on. The name is one no folder has yet, so a checkpoint is
+never written over or renamed away. A kill at any moment leaves the previous checkpoints and at
+most a ``.partial`` folder.
 
-**Choosing one.** ``choose_checkpoint`` tries the ``step*`` folders newest first; latest.json is
-only a hint (lost, empty or pointing elsewhere, it costs a note). A checkpoint is taken when its
-manifest verifies (every file present, of its size, with its sha256, and the files a resume
-needs listed) and every torch file in it loads weights-only (fishscale.train.safe_load). A
-damaged one is named with its reason and the next older one is tried; when none verifies the
-error names each, and nothing in the run folder has been touched.
+**Choosing one.** ``choose_checkpoint`` tries the ``step*`` folders newest first (by step, then
+attempt); latest.json is only a hint (lost, empty or pointing elsewhere, it costs a note). A
+checkpoint is taken when its manifest verifies (written for this folder; every file present, of
+its size, with its sha256, none unlisted, none a link; the files a resume needs listed; the state
+at the folder's step) and every torch file in it loads weights-only (fishscale.train.safe_load).
+A damaged one is named with its reason and the next older one is tried; when none verifies, or
+latest.json names a checkpoint and none is left, the error says so and nothing in the run folder
+has been touched.
 
 Resuming reads only JSON and safetensors of ours, and DeepSpeed's files weights-only.
 
@@ -63,7 +67,7 @@ START_NAME = "start.safetensors"
 MANIFEST_NAME = "manifest.json"
 PARTIAL = ".partial"
 UNIVERSAL_SUFFIX = "_universal"
-TAG_PATTERN = re.compile(r"^step(\d{8})$")
+TAG_PATTERN = re.compile(r"^step(\d{8})(?:-(\d+))?$")   # step00000120, or step00000120-2 when redone
 
 
 @dataclass
@@ -121,6 +125,24 @@ def phase_start_path(out: Path, phase: int) -> Path:
 
 def step_tag(step: int) -> str:
     return f"step{step:08d}"
+
+
+def tag_order(tag: str) -> tuple[int, int]:
+    """(step, attempt): step00000120 < step00000120-2 < step00000121."""
+    match = TAG_PATTERN.match(tag)
+    return int(match[1]), int(match[2] or 1)
+
+
+def new_tag(folder: Path, step: int) -> str:
+    """A name no folder has yet: a checkpoint is never written over, nor renamed away.
+    The same step again (a replay after a fallback, an epoch end after a stop on its last step)
+    gets the next attempt number."""
+    base = step_tag(step)
+    taken = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    attempt = 1
+    while (base if attempt == 1 else f"{base}-{attempt}") in taken:
+        attempt += 1
+    return base if attempt == 1 else f"{base}-{attempt}"
 
 
 # ---------------------------------------------------------------- RNG states (JSON, no pickle)
@@ -202,14 +224,15 @@ def save_checkpoint(engine, out: Path, progress: Progress, engine_phase: int, co
     """Write one checkpoint atomically; every rank calls it (a collective). Returns its tag.
 
     `start_weights` (rank 0): the weights a resume from here builds the model from."""
-    from fishscale.train.distributed import barrier
+    from fishscale.train.distributed import barrier, broadcast_object
     folder = checkpoint_dir(out)
-    tag = step_tag(progress.step)
-    partial = folder / (tag + PARTIAL)
+    tag = None
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)       # what a kill left of an earlier try
-    barrier()
+        tag = new_tag(folder, progress.step)
+        shutil.rmtree(folder / (tag + PARTIAL), ignore_errors=True)     # what a kill left of an earlier try
+    tag = broadcast_object(tag)
+    partial = folder / (tag + PARTIAL)
     meta = {"progress": progress.to_dict(), "engine_phase": engine_phase, "world_size": world_size,
             "zero_stage": engine.zero_optimization_stage()}
     engine.save_checkpoint(str(folder), tag=partial.name, client_state={"fishscale": meta, "config": config},
@@ -221,7 +244,7 @@ def save_checkpoint(engine, out: Path, progress: Progress, engine_phase: int, co
     barrier()                                  # every rank's files are in place
     if rank == 0:
         commit_checkpoint(folder, partial, tag)
-        prune_checkpoints(folder, keep=keep)
+        prune_checkpoints(folder, keep=keep, newest=tag)
     barrier()                                  # nobody goes on (or exits) before the commit
     return tag
 
@@ -232,34 +255,37 @@ def commit_checkpoint(folder: Path, partial: Path, tag: str) -> None:
     for path in sorted(p for p in partial.rglob("*") if p.is_file()):
         files[path.relative_to(partial).as_posix()] = {"bytes": path.stat().st_size, "sha256": _hash_file(path)}
     _write_json(partial / MANIFEST_NAME, {"tag": tag, "files": files}, durable=True)
-    final, replaced = folder / tag, folder / (tag + ".replaced")
-    if final.exists():                         # a damaged checkpoint a resume fell back past: now redone
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.rename(final, replaced)
-    os.rename(partial, final)
+    os.rename(partial, folder / tag)           # new_tag chose a name nothing has: never over a checkpoint
     _fsync_dir(folder)
-    _write_json(folder / LATEST, {"tag": tag}, durable=True)
-    shutil.rmtree(replaced, ignore_errors=True)
-    shutil.rmtree(folder / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)   # made from what was replaced
+    latest = folder / LATEST
+    if latest.is_dir() and not latest.is_symlink():
+        shutil.rmtree(latest)                  # a folder in our pointer's place
+    _write_json(latest, {"tag": tag}, durable=True)
 
 
-def complete_tags(folder: Path) -> list[str]:
-    """Committed checkpoints, oldest first."""
+def checkpoint_tags(folder: Path) -> list[str]:
+    """Folders named like checkpoints (symlinks are not checkpoints), oldest first."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if TAG_PATTERN.match(p.name) and p.is_dir())
+    names = [p.name for p in folder.iterdir() if TAG_PATTERN.match(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(names, key=tag_order)
 
 
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints; remove older ones, their universal copies and leftovers."""
-    tags = complete_tags(folder)
-    for tag in tags[:-keep]:
-        shutil.rmtree(folder / tag, ignore_errors=True)
-    kept = set(tags[-keep:])
+def prune_checkpoints(folder: Path, keep: int, newest: str) -> None:
+    """After committing `newest`: keep the newest `keep` whole checkpoints; remove older whole ones,
+    damaged ones older than `newest` (a resume would never choose them), partial folders and
+    universal copies of removed checkpoints. "Whole" here is the cheap check (files and sizes)."""
+    tags = checkpoint_tags(folder)
+    whole = [t for t in tags if tag_order(t) <= tag_order(newest) and manifest_problem(folder / t, hashes=False) is None]
+    kept = set(whole[-keep:]) | {newest}
+    for tag in tags:
+        if tag_order(tag) < tag_order(newest) and tag not in kept:
+            shutil.rmtree(folder / tag, ignore_errors=True)
+    remaining = set(checkpoint_tags(folder))
     for path in folder.iterdir():
         base = path.name.removesuffix(UNIVERSAL_SUFFIX)
-        if path.is_dir() and ((path.name.endswith(UNIVERSAL_SUFFIX) and base not in kept)
-                              or path.name.endswith((PARTIAL, ".replaced"))):
+        if path.is_dir() and not path.is_symlink() and (path.name.endswith(PARTIAL)
+                                                        or (path.name.endswith(UNIVERSAL_SUFFIX) and base not in remaining)):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -281,36 +307,57 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------- verify and choose
 
-def verify_checkpoint(path: Path) -> str | None:
-    """None when the checkpoint at `path` is whole and safe to load; else the reason it is not."""
-    from fishscale.train.safe_load import pickle_problem
+def manifest_problem(path: Path, hashes: bool = True) -> str | None:
+    """None when every file of the checkpoint at `path` is as its manifest recorded (sizes, and
+    sha256 when `hashes`), nothing else is there, and the manifest names this folder."""
     manifest = path / MANIFEST_NAME
     if not manifest.is_file():
         return f"no {MANIFEST_NAME} (its save never finished)"
     try:
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-        records = {str(k): (int(v["bytes"]), str(v["sha256"])) for k, v in files.items()}
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        records = {str(k): (int(v["bytes"]), str(v["sha256"])) for k, v in data["files"].items()}
+        tag = data["tag"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"{MANIFEST_NAME} is unreadable ({type(e).__name__}: {e})"
+    if tag != path.name:
+        return f"{MANIFEST_NAME} was written for {tag!r}, not for this folder (a copy or a rename)"
+    present = {p.relative_to(path).as_posix(): p for p in path.rglob("*") if p.is_file() or p.is_symlink()}
+    for name, file in present.items():
+        if name != MANIFEST_NAME and name not in records:
+            return f"{name} is not in its {MANIFEST_NAME} (added after the save)"
+        if file.is_symlink():
+            return f"{name} is a symbolic link (a checkpoint holds its own files)"
+    for name, (size, sha256) in records.items():
+        file = present.get(name)
+        if file is None:
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, {size} when written (truncated or overwritten)"
+        if hashes and _hash_file(file) != sha256:
+            return f"{name} does not match its sha256 (changed since it was written)"
+    return None
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when the checkpoint at `path` is whole and safe to load; else the reason it is not."""
+    from fishscale.train.safe_load import pickle_problem
+    problem = manifest_problem(path)
+    if problem:
+        return problem
+    records = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))["files"]
     for name in (STATE_NAME, START_NAME):
         if name not in records:
             return f"{MANIFEST_NAME} does not list {name}"
     if not any(name.endswith("model_states.pt") for name in records):
         return f"{MANIFEST_NAME} lists no DeepSpeed model states"
-    for name, (size, sha256) in records.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} is {file.stat().st_size} bytes, {size} when written (truncated or overwritten)"
-        if _hash_file(file) != sha256:
-            return f"{name} does not match its sha256 (changed since it was written)"
     try:
         state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
         ranks = int(state["world_size"])
-        Progress.from_dict(state["progress"])
-    except (ValueError, KeyError, TypeError) as e:
+        step = Progress.from_dict(state["progress"]).step
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         return f"{STATE_NAME} is unreadable ({type(e).__name__}: {e})"
+    if step != tag_order(path.name)[0]:
+        return f"{STATE_NAME} is at step {step}, but the folder is named for step {tag_order(path.name)[0]}"
     for rank in range(ranks):
         if f"rng-rank{rank}.json" not in records:
             return f"rng-rank{rank}.json is missing (every one of its {ranks} ranks wrote one)"
@@ -327,6 +374,8 @@ def read_latest(folder: Path) -> tuple[str | None, str | None]:
     latest = folder / LATEST
     if not latest.exists():
         return None, f"{latest} is missing"
+    if not latest.is_file():
+        return None, f"{latest} is not a file"
     try:
         tag = json.loads(latest.read_text(encoding="utf-8"))["tag"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
@@ -349,10 +398,14 @@ def choose_checkpoint(out: Path) -> tuple[ResumePoint | None, list[str]]:
     Raises FishscaleError, naming every checkpoint and its problem, when some exist but none verifies.
     Reads only; changes nothing."""
     folder = checkpoint_dir(out)
-    tags = complete_tags(folder)[::-1]
-    if not tags:
-        return None, []
+    tags = checkpoint_tags(folder)[::-1]
     hint, hint_problem = read_latest(folder)
+    if not tags:
+        if hint is not None or (folder / LATEST).is_file():
+            raise FishscaleError(f"{folder / LATEST} names {hint or 'a checkpoint'}, but no checkpoint is left "
+                                 f"in {folder}; starting again would overwrite the run's metrics and weights: "
+                                 f"restore the checkpoints, or use another train.out")
+        return None, []
     notes = [f"note: {hint_problem}; choosing among the step folders"] if hint_problem else []
     damaged = []
     for tag in tags:

@@ -7,9 +7,11 @@ Written when a run starts fresh, before anything trains. Every later start on th
 the data and config it was given with it and refuses, before a byte is written, when they would
 make another run: other classes or training counts (the class index and the bins would change
 under the weights), other shards (``--accept-new-shards`` allows a deliberate re-sharding that
-keeps classes and counts), or another value of a resume key (model, phases, loss, sampler,
-optimizer, global batch, seed, image size, train split). ``--extend`` allows phases to be added
-after the finished ones. Paths, the loader backend, workers, ranks and logging may change.
+keeps classes and counts), or another value of a resume key (RESUME_KEYS: everything that
+changes what a step computes, what validation measures or which weights count as best).
+``--extend`` allows phases to be added after the finished ones. Paths, the loader backend and
+device, workers, ranks (with gradient accumulation: the global batch stays), eval batch size,
+logging and checkpoint cadence may change.
 
 A folder that exists, is not empty and holds no run.json is not a run folder: fishscale writes
 nothing into it (not even a config.yaml).
@@ -29,8 +31,10 @@ from fishscale.lock import LOCK_NAME
 RUN_FILE = "run.json"
 FORMAT = "fishscale-run/1"
 # config keys that must match the run's for a start to continue the same run
-RESUME_KEYS = ("model", "phases", "loss", "sampler", "optim", "train.batch_size", "train.seed",
-               "data.image_size", "data.train_split")
+RESUME_KEYS = ("model", "phases", "loss", "sampler", "optim", "augment", "train.batch_size", "train.seed",
+               "train.zero_stage", "train.precision", "train.clip_grad", "train.max_steps_per_epoch",
+               "train.best_metric", "data.image_size", "data.train_split", "data.val_split", "data.mean",
+               "data.std", "data.pad_value", "eval.bin_edges")
 
 
 def file_sha256(path: Path) -> str:
@@ -86,6 +90,11 @@ def read_identity(out: Path) -> dict[str, Any]:
                              f"safely: use another train.out") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FishscaleError(f"{path}: not a fishscale run identity (format {FORMAT} expected)")
+    shapes = {"class_names": list, "train_class_counts": list, "manifests": dict, "config": dict}
+    for key, kind in shapes.items():
+        if not isinstance(data.get(key), kind):
+            raise FishscaleError(f"{path}: '{key}' is missing or not a {kind.__name__} (the file was edited or "
+                                 f"damaged); the run cannot be checked: use another train.out")
     return data
 
 
@@ -117,7 +126,11 @@ def check_identity(out: Path, recorded: dict[str, Any], now: dict[str, Any], acc
                              f"{len(now['class_names'])}: {_first_difference(recorded['class_names'], now['class_names'])}; "
                              f"point data.shards at the run's shards, or {way_out}")
     if recorded["train_class_counts"] != now["train_class_counts"]:
-        diffs = [i for i, (a, b) in enumerate(zip(recorded["train_class_counts"], now["train_class_counts"])) if a != b]
+        counts = recorded["train_class_counts"]
+        if len(counts) != len(now["train_class_counts"]):
+            raise FishscaleError(f"{out}: run.json holds {len(counts)} training counts for "
+                                 f"{len(recorded['class_names'])} classes (the file was edited); {way_out}")
+        diffs = [i for i, (a, b) in enumerate(zip(counts, now["train_class_counts"])) if a != b]
         i = diffs[0]
         raise FishscaleError(f"{out}: the training counts of {len(diffs)} class(es) differ from the run's "
                              f"(class {i} {recorded['class_names'][i]!r}: {recorded['train_class_counts'][i]} in "
@@ -132,13 +145,22 @@ def check_identity(out: Path, recorded: dict[str, Any], now: dict[str, Any], acc
                                  f"else point data.shards at the run's shards, or {way_out}")
     for key in RESUME_KEYS:
         a, b = recorded["config"].get(key), now["config"].get(key)
-        if a == b or (key == "phases" and extend and extends(a, b)):
+        if a == b or (key == "phases" and extend and isinstance(a, list) and isinstance(b, list) and extends(a, b)):
             continue
         hint = " (--extend adds phases after the finished ones)" if key == "phases" else ""
-        raise FishscaleError(f"{out}: config '{key}' differs from the run's ({_short(a)} in the run, "
-                             f"{_short(b)} now){hint}; use the run's config, or {way_out}")
+        raise FishscaleError(f"{out}: config {'; '.join(differences(key, a, b)[:3])}{hint}; use the run's "
+                             f"config, or {way_out}")
+
+
+def differences(key: str, a: Any, b: Any) -> list[str]:
+    """The leaves where `a` (the run's) and `b` (now) differ, as "'key.sub' is A in the run, B now"."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) for d in differences(f"{key}.{k}", a.get(k), b.get(k))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) if x != y for d in differences(f"{key}.{i}", x, y)]
+    return [f"'{key}' differs from the run's ({_short(a)} in the run, {_short(b)} now)"]
 
 
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -595,6 +595,7 @@ def finish(ctx: Ctx) -> dict[str, Any]:
 
 def launch_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """`launch/train.py` / `python -m fishscale.train`: one rank, started by a launcher."""
+    preempt.install()                          # first: a stop signal during startup is kept, not fatal
     parser = argparse.ArgumentParser(prog=prog, description="fishscale training, one rank (run it under `deepspeed`).")
     parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="insist on resuming from the run folder's checkpoint")
@@ -648,21 +649,26 @@ def run_launcher(command: list[str]) -> int:
     def ignore_usr1() -> None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-    process = subprocess.Popen(command, preexec_fn=ignore_usr1)
-
-    def forward(signum, frame) -> None:
-        for child in psutil.Process(process.pid).children(recursive=True):
+    def forward() -> None:
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
             try:
                 child.send_signal(signal.SIGUSR1)
             except psutil.Error:
                 pass
 
-    previous = {sig: signal.signal(sig, forward) for sig in preempt.STOP_SIGNALS}
-    try:
-        return process.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    process = subprocess.Popen(command, preexec_fn=ignore_usr1)
+    # a signal that came before the launcher, or reached a rank before its handler was in place
+    # (it then still ignores SIGUSR1), is not lost: it is sent again until the ranks are done
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if preempt.pending():
+                forward()
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})
@@ -691,6 +697,7 @@ def train_command(config_path: Path, nproc: int, resume: bool, accept_new_shards
     summary.json. Clusters: deepspeed [--hostfile H] launch/train.py --config ... (docs/training.md).
     """
     from fishscale.train.engine import micro_batch_size
+    preempt.install()                               # first: a stop signal during startup is kept
     cfg = load_config(config_path, overrides)       # bad config: clean error before any rank starts
     check_config(cfg)
     micro_batch_size(cfg.train.batch_size, nproc, cfg.train.grad_accum)
