@@ -621,11 +621,14 @@ def launch_main(argv: Sequence[str] | None = None, prog: str | None = None) -> i
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:                     # every rank stopped at the same step: leave together
+        preempt.ignore_from_now()
         if os.environ.get("RANK", "0") == "0":
             print(str(e), file=sys.stderr)
             preempt.record(e)
         shutdown()
         return PREEMPTED_EXIT
+    finally:
+        preempt.ignore_from_now()
     shutdown()
     return 0
 
@@ -706,6 +709,7 @@ def train_command(config_path: Path, nproc: int, resume: bool, accept_new_shards
         try:
             main(cfg, resume="always" if resume else "auto", accept_new_shards=accept_new_shards, extend=extend)
         except Preempted as e:
+            preempt.ignore_from_now()
             click.echo(str(e), err=True)
             preempt.record(e)
             sys.exit(PREEMPTED_EXIT)

@@ -43,6 +43,13 @@ def install() -> None:
         signal.signal(sig, _handler)
 
 
+def ignore_from_now() -> None:
+    """On the way out: later stop signals (a launcher keeps forwarding them) must not kill the
+    process while it exits; Python resets its own handlers to the default at exit, not SIG_IGN."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def pending() -> float:
     """1.0 once this rank got a stop signal (summed over ranks: > 0 means stop)."""
     return 1.0 if _received else 0.0
