@@ -433,13 +433,16 @@ def test_sigkill_leaves_a_stale_lock_that_is_taken_over_and_the_run_resumes(refe
 # ---------------------------------------------------------------- preemption
 
 def test_sigterm_twice_stops_at_a_step_boundary_and_resumes_exactly(reference, tiny_train_config, tmp_path):
+    """SIGTERM to the whole process group, as SLURM sends it: the loader's 2 worker processes die
+    with it, and the rank still stops at a step boundary (dropping the step it could not finish)."""
     out = tmp_path / "preempted"
     process = subprocess.Popen([sys.executable, "-m", "fishscale.cli", "train", "--config", str(tiny_train_config),
-                                f"train.out={out}", *REFERENCE, "train.checkpoint_every_steps=0"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                f"train.out={out}", *REFERENCE, "train.checkpoint_every_steps=0",
+                                "data.num_workers=2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_step(out / "metrics.jsonl", 3, process)
-    process.send_signal(signal.SIGTERM)
-    process.send_signal(signal.SIGTERM)                # a second signal during the stop changes nothing
+    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)             # a second signal during the stop changes nothing
     stderr = process.communicate(timeout=LAUNCH_TIMEOUT)[1]
     assert process.returncode == PREEMPTED_EXIT, stderr[-3000:]
     stopped = json.loads((out / "checkpoints" / "latest.json").read_text())["tag"]

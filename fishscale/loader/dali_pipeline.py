@@ -28,7 +28,7 @@ from fishscale.errors import FishscaleError
 from fishscale.loader.members import MemberReader, jpeg_header_problem
 from fishscale.loader.transforms import BLUR_SIGMA, BLUR_WINDOW, AugmentDraw, augment_rng, draw_augment
 from fishscale.shards.manifest import Manifest
-from fishscale.train.preempt import stop_signals_ignored
+from fishscale.train.preempt import workers_ignore_usr1
 
 try:
     import nvidia.dali.fn as fn
@@ -170,7 +170,7 @@ def dali_batches(cfg: Config, manifest: Manifest, batches: Sequence[tuple[np.nda
     pipe = build_pipeline(cfg, manifest, batches, train=train, epoch=epoch, rank=rank)
     with warnings.catch_warnings():     # coins/params of augmentations switched off go unused
         warnings.filterwarnings("ignore", message=".*ShardSource.*not used")
-        with stop_signals_ignored():    # the python workers start here: they ignore SIGTERM / SIGUSR1
+        with workers_ignore_usr1():    # the python workers start here: they ignore SIGUSR1
             pipe.build()
     done, iterator = 0, None
     try:

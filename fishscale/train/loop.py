@@ -52,9 +52,10 @@ from fishscale.config import Config, load_config
 from fishscale.data.bins import bin_index, check_edges
 from fishscale.errors import FishscaleError
 from fishscale.train import preempt
-from fishscale.train.checkpoint import (START_NAME, Progress, ResumePoint, choose_checkpoint, load_engine_state,
-                                        load_weights, phase_start_path, rank_seed, read_point, restore_rng,
-                                        save_checkpoint, save_weights, seed_everything, universal_tag)
+from fishscale.train.checkpoint import (START_NAME, Progress, ResumePoint, capture_rng, choose_checkpoint,
+                                        load_engine_state, load_weights, phase_start_path, rank_seed, read_point,
+                                        restore_captured, restore_rng, save_checkpoint, save_weights,
+                                        seed_everything, universal_tag)
 from fishscale.train.preempt import PREEMPTED_EXIT, Preempted
 
 VAL_METRICS = ("macro_acc", "top1", "top5", "macro_f1", "loss")     # loss: lower is better
@@ -88,6 +89,7 @@ class Ctx:
     precision: str
     input_dtype: torch.dtype
     phase_start: dict[str, torch.Tensor] | None = None    # weights the current phase began with
+    last_tag: str | None = None                              # the newest checkpoint (resumed from, or written)
 
 
 class RefusedOnRankZero(FishscaleError):
@@ -295,7 +297,13 @@ def train_epoch(ctx: Ctx, engine, schedule, epoch: int, steps: int, bar, rng_poi
     while progress.batch < steps:
         started = time.perf_counter()
         lr = schedule.apply(progress.phase_step)
-        loss, skipped, stop = train_step(ctx, engine, batches)
+        rng = capture_rng()
+        try:
+            loss, skipped, stop = train_step(ctx, engine, batches)
+        except preempt.LoaderLost:
+            restore_captured(rng)              # as if the dropped step had not begun: the last boundary
+            tag = checkpoint(ctx, engine)      # (the optimizer has not moved)
+            raise Preempted(preempt.signal_name(), tag, progress.step) from None
         progress.train_seconds += time.perf_counter() - started
         progress.step += 1
         progress.phase_step += 1
@@ -345,14 +353,23 @@ def train_step(ctx: Ctx, engine, batches: Iterator) -> tuple[float, bool, bool]:
     from fishscale.train.engine import optimizer_step
     losses, bad, stop = [], False, False
     for _ in range(ctx.cfg.train.grad_accum):
-        images, labels = next(batches)
-        images = images.to(ctx.dist.device, ctx.input_dtype, non_blocking=True)
-        labels = labels.to(ctx.dist.device, non_blocking=True)
-        loss = ctx.loss_fn(engine(images), labels)
-        value = float(loss.item())
+        try:
+            images, labels = next(batches)
+        except Exception:
+            if not preempt.pending():
+                raise
+            lost, loss, value = 1.0, None, 0.0      # the SIGTERM killed this rank's loader workers too
+        else:
+            lost = 0.0
+            images = images.to(ctx.dist.device, ctx.input_dtype, non_blocking=True)
+            labels = labels.to(ctx.dist.device, non_blocking=True)
+            loss = ctx.loss_fn(engine(images), labels)
+            value = float(loss.item())
         finite = math.isfinite(value)
-        total, nonfinite, stops = all_reduce_sum([value if finite else 0.0, 0.0 if finite else 1.0,
-                                                  preempt.pending()])
+        total, nonfinite, stops, losts = all_reduce_sum([value if finite else 0.0, 0.0 if finite else 1.0,
+                                                         preempt.pending(), lost])
+        if losts:                              # every rank: drop this step, stop at the boundary before it
+            raise preempt.LoaderLost()
         stop = stop or stops > 0
         if nonfinite:                      # every rank agrees: poison the gradients so no update happens
             bad = True
@@ -438,7 +455,14 @@ def end_epoch(ctx: Ctx, engine, phase_start: dict[str, torch.Tensor], epoch: int
     """Validate, write last/best weights (+ the next phase's start), move on, checkpoint."""
     from fishscale.train.engine import full_state_dict
     cfg, progress = ctx.cfg, ctx.progress
-    val = validate(ctx, engine)
+    try:
+        val = validate(ctx, engine)
+    except Exception:
+        if not preempt.pending():
+            raise
+        # the SIGTERM killed the val loader's workers; ranks may stand in different collectives, so
+        # no checkpoint here: the last one stays in charge
+        raise Preempted(preempt.signal_name(), ctx.last_tag, progress.step, written=False) from None
     metric = cfg.train.best_metric
     value = val.get(metric) if val is not None else None
     improved = is_better(value, progress.best_value, metric) or (val is None)
@@ -477,10 +501,12 @@ def checkpoint(ctx: Ctx, engine, engine_phase: int | None = None,
     (default: the phase's start weights; the engine state then restores the trained ones)."""
     from fishscale.train.distributed import broadcast_object
     ctx.progress.metrics_lines = broadcast_object(ctx.log.lines if ctx.dist.is_main else 0)
-    return save_checkpoint(engine, ctx.out, ctx.progress,
-                           ctx.progress.phase if engine_phase is None else engine_phase, ctx.cfg.to_dict(),
-                           ctx.dist.rank, ctx.dist.world_size, start if start is not None else ctx.phase_start,
-                           keep=ctx.cfg.train.keep_checkpoints)
+    ctx.last_tag = save_checkpoint(engine, ctx.out, ctx.progress,
+                                   ctx.progress.phase if engine_phase is None else engine_phase, ctx.cfg.to_dict(),
+                                   ctx.dist.rank, ctx.dist.world_size,
+                                   start if start is not None else ctx.phase_start,
+                                   keep=ctx.cfg.train.keep_checkpoints)
+    return ctx.last_tag
 
 
 def _fmt(value: Any) -> str:
@@ -492,7 +518,8 @@ def _fmt(value: Any) -> str:
 def main(cfg: Config, resume: str = "auto", accept_new_shards: bool = False, extend: bool = False) -> dict[str, Any]:
     """Train `cfg` on this process's rank; return the summary (the same on every rank).
 
-    Raises Preempted after a SIGTERM / SIGUSR1 (checkpoint written), FishscaleError on refusal."""
+    Raises Preempted after a SIGTERM / SIGUSR1 (checkpoint written), FishscaleError on refusal.
+    The entry points (train_command, launch_main) install the signal handlers, first thing."""
     from fishscale.train.distributed import init_distributed
     from fishscale.train.runlog import RunLog
     from fishscale.train.safe_load import forbid_pickles
@@ -500,7 +527,6 @@ def main(cfg: Config, resume: str = "auto", accept_new_shards: bool = False, ext
     check_config(cfg)
     forbid_pickles()
     dist = init_distributed()
-    preempt.install()
     out = Path(cfg.train.out)
     data = load_run_data(cfg)
     log = RunLog(out, dist.is_main)
@@ -535,7 +561,8 @@ def train_run(cfg: Config, dist, data: RunData, out: Path, log, point: ResumePoi
     precision = resolve_precision(cfg.train.precision, dist.on_gpu)
     ctx = Ctx(cfg=cfg, dist=dist, data=data, out=out, loss_fn=build_loss(cfg.loss, data.class_counts).to(dist.device),
               log=log, progress=progress, precision=precision,
-              input_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+              input_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+              last_tag=point.tag if point is not None else None)
     if point is not None:
         log.echo(f"resuming {out} at phase {progress.phase}, epoch {progress.epoch}, batch {progress.batch} "
                  f"(checkpoint {point.tag}, {point.world_size} rank(s) then, {dist.world_size} now)")
@@ -699,8 +726,16 @@ def train_command(config_path: Path, nproc: int, resume: bool, accept_new_shards
     metrics.jsonl, tb/, checkpoints/, best.safetensors, last.safetensors, classes.json,
     summary.json. Clusters: deepspeed [--hostfile H] launch/train.py --config ... (docs/training.md).
     """
+    previous = preempt.install()                    # first: a stop signal during startup is kept
+    try:
+        train(config_path, nproc, resume, accept_new_shards, extend, overrides)
+    finally:
+        preempt.restore(previous)                   # called in-process (tests, notebooks): as it was
+
+
+def train(config_path: Path, nproc: int, resume: bool, accept_new_shards: bool, extend: bool,
+          overrides: Sequence[str]) -> None:
     from fishscale.train.engine import micro_batch_size
-    preempt.install()                               # first: a stop signal during startup is kept
     cfg = load_config(config_path, overrides)       # bad config: clean error before any rank starts
     check_config(cfg)
     micro_batch_size(cfg.train.batch_size, nproc, cfg.train.grad_accum)

@@ -1,6 +1,6 @@
 """Preemption: SIGTERM or SIGUSR1 on any rank stops every rank at the next step boundary.
 
-    install()                          # each rank, before training
+    install()                          # each rank, first thing
     stop = all_reduce_sum([..., pending()])[-1] > 0    # riding on the step's own all-reduce
     if stop: checkpoint, then raise Preempted(...)     # every rank, the same step
 
@@ -10,8 +10,12 @@ exit with PREEMPTED_EXIT (75, EX_TEMPFAIL: try again). A second signal during th
 nothing: the flag is already set, and the checkpoint is atomic anyway.
 
 SLURM sends SIGUSR1 ``--signal=USR1@120`` seconds before the time limit (launch/slurm.sbatch,
-which then requeues the job) and SIGTERM on preemption. Loader workers ignore both (they stop
-when their rank does): a signal to the whole process group must not kill them mid-epoch.
+which then requeues the job) and SIGTERM on preemption, to every process of the job. Loader
+workers ignore SIGUSR1. They cannot ignore SIGTERM (torch's and DALI's pools stop their workers
+with it), so a SIGTERM that reaches them kills them: the next batch a rank asks for then fails,
+and with a stop pending that is a ``LoaderLost``: the ranks vote it like the stop itself, drop
+the unfinished step and checkpoint at the step boundary before it. Killed during validation, the
+run stops with the last checkpoint in charge (``Preempted(written=False)``).
 """
 from __future__ import annotations
 
@@ -28,19 +32,30 @@ _received: list[str] = []
 
 
 class Preempted(Exception):
-    def __init__(self, signal_name: str, tag: str, step: int):
-        super().__init__(f"stopped by {signal_name} at step {step}: checkpoint {tag} written; the same command "
-                         f"resumes there (exit {PREEMPTED_EXIT})")
+    def __init__(self, signal_name: str, tag: str | None, step: int, written: bool = True):
+        where = (f"checkpoint {tag} written; the same command resumes there" if written else
+                 f"its loader was killed before a checkpoint could be written here; the same command resumes "
+                 f"from {tag or 'the start (no checkpoint yet)'}")
+        super().__init__(f"stopped by {signal_name} at step {step}: {where} (exit {PREEMPTED_EXIT})")
         self.tag, self.step = tag, step
+
+
+class LoaderLost(Exception):
+    """A stop is pending and some rank's loader died (its workers got the SIGTERM too)."""
 
 
 def _handler(signum, frame) -> None:
     _received.append(signal.Signals(signum).name)
 
 
-def install() -> None:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _handler)
+def install() -> dict:
+    """Stop signals set the flag from now on; returns the handlers they had (for ``restore``)."""
+    return {sig: signal.signal(sig, _handler) for sig in STOP_SIGNALS}
+
+
+def restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def ignore_from_now() -> None:
@@ -60,9 +75,8 @@ def signal_name() -> str:
 
 
 def ignore_in_worker(*_args) -> None:
-    """worker_init_fn of loader workers: the rank decides when they stop."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """worker_init_fn of loader workers: SIGUSR1 (which would kill them) is the rank's business."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def record(stop: Preempted) -> None:
@@ -74,15 +88,14 @@ def record(stop: Preempted) -> None:
 
 
 @contextmanager
-def stop_signals_ignored() -> Iterator[None]:
-    """Ignore SIGTERM / SIGUSR1 while worker processes start (fork or spawn): they inherit the
-    ignoring. A signal in this short window is lost; the previous handlers come back after."""
+def workers_ignore_usr1() -> Iterator[None]:
+    """Ignore SIGUSR1 while worker processes start (fork or spawn): they inherit the ignoring.
+    A SIGUSR1 in this short window is lost; the previous handler comes back after."""
     if threading.current_thread() is not threading.main_thread():     # only the main thread may
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGUSR1, previous)
