@@ -89,7 +89,6 @@ class Ctx:
     precision: str
     input_dtype: torch.dtype
     phase_start: dict[str, torch.Tensor] | None = None    # weights the current phase began with
-    last_tag: str | None = None                              # the newest checkpoint (resumed from, or written)
 
 
 class RefusedOnRankZero(FishscaleError):
@@ -409,12 +408,22 @@ def validate(ctx: Ctx, engine) -> dict[str, Any] | None:
     rounds = max_over_ranks(len(loader)) if engine.zero_optimization_stage() == 3 else len(loader)
     k = min(5, ctx.data.num_classes)
     labels_out, topk_out, loss_sum, loss_count = [], [], 0.0, 0
+    lost = False
     engine.eval()
     with torch.no_grad():
         batches = isolated_iter(loader)
         for _ in range(rounds):
-            batch = next(batches, None)
+            batch = None
+            if not lost:
+                try:
+                    batch = next(batches, None)
+                except Exception:          # a SIGTERM killed the loader's workers: finish without them
+                    if not preempt.pending():
+                        raise
+                    lost = True
             if batch is None:              # this rank is done; keep the collectives in step
+                if engine.zero_optimization_stage() != 3:
+                    break
                 size = ctx.cfg.data.image_size
                 engine(torch.zeros(1, 3, size, size, device=dist.device, dtype=ctx.input_dtype))
                 continue
@@ -428,6 +437,9 @@ def validate(ctx: Ctx, engine) -> dict[str, Any] | None:
             labels_out.append(labels.cpu().numpy())
             topk_out.append(logits.topk(k, dim=1).indices.cpu().numpy())
     engine.train()
+    from fishscale.train.distributed import any_rank
+    if any_rank(lost):                     # every rank: no result; the caller checkpoints and stops
+        raise preempt.LoaderLost()
     part = (np.concatenate(labels_out) if labels_out else np.zeros(0, np.int64),
             np.concatenate(topk_out) if topk_out else np.zeros((0, k), np.int64), loss_sum, loss_count)
     parts = gather_objects(part)
@@ -457,12 +469,9 @@ def end_epoch(ctx: Ctx, engine, phase_start: dict[str, torch.Tensor], epoch: int
     cfg, progress = ctx.cfg, ctx.progress
     try:
         val = validate(ctx, engine)
-    except Exception:
-        if not preempt.pending():
-            raise
-        # the SIGTERM killed the val loader's workers; ranks may stand in different collectives, so
-        # no checkpoint here: the last one stays in charge
-        raise Preempted(preempt.signal_name(), ctx.last_tag, progress.step, written=False) from None
+    except preempt.LoaderLost:             # the epoch's training is done, its validation is not: a
+        tag = checkpoint(ctx, engine)      # checkpoint here (batch == steps) validates again on resume
+        raise Preempted(preempt.signal_name(), tag, progress.step) from None
     metric = cfg.train.best_metric
     value = val.get(metric) if val is not None else None
     improved = is_better(value, progress.best_value, metric) or (val is None)
@@ -501,12 +510,10 @@ def checkpoint(ctx: Ctx, engine, engine_phase: int | None = None,
     (default: the phase's start weights; the engine state then restores the trained ones)."""
     from fishscale.train.distributed import broadcast_object
     ctx.progress.metrics_lines = broadcast_object(ctx.log.lines if ctx.dist.is_main else 0)
-    ctx.last_tag = save_checkpoint(engine, ctx.out, ctx.progress,
-                                   ctx.progress.phase if engine_phase is None else engine_phase, ctx.cfg.to_dict(),
-                                   ctx.dist.rank, ctx.dist.world_size,
-                                   start if start is not None else ctx.phase_start,
-                                   keep=ctx.cfg.train.keep_checkpoints)
-    return ctx.last_tag
+    return save_checkpoint(engine, ctx.out, ctx.progress,
+                           ctx.progress.phase if engine_phase is None else engine_phase, ctx.cfg.to_dict(),
+                           ctx.dist.rank, ctx.dist.world_size, start if start is not None else ctx.phase_start,
+                           keep=ctx.cfg.train.keep_checkpoints)
 
 
 def _fmt(value: Any) -> str:
@@ -561,8 +568,7 @@ def train_run(cfg: Config, dist, data: RunData, out: Path, log, point: ResumePoi
     precision = resolve_precision(cfg.train.precision, dist.on_gpu)
     ctx = Ctx(cfg=cfg, dist=dist, data=data, out=out, loss_fn=build_loss(cfg.loss, data.class_counts).to(dist.device),
               log=log, progress=progress, precision=precision,
-              input_dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-              last_tag=point.tag if point is not None else None)
+              input_dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     if point is not None:
         log.echo(f"resuming {out} at phase {progress.phase}, epoch {progress.epoch}, batch {progress.batch} "
                  f"(checkpoint {point.tag}, {point.world_size} rank(s) then, {dist.world_size} now)")

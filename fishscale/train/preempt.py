@@ -15,7 +15,7 @@ workers ignore SIGUSR1. They cannot ignore SIGTERM (torch's and DALI's pools sto
 with it), so a SIGTERM that reaches them kills them: the next batch a rank asks for then fails,
 and with a stop pending that is a ``LoaderLost``: the ranks vote it like the stop itself, drop
 the unfinished step and checkpoint at the step boundary before it. Killed during validation, the
-run stops with the last checkpoint in charge (``Preempted(written=False)``).
+ranks finish validation without it, agree, and checkpoint at the end of the epoch's training.
 """
 from __future__ import annotations
 
@@ -32,11 +32,9 @@ _received: list[str] = []
 
 
 class Preempted(Exception):
-    def __init__(self, signal_name: str, tag: str | None, step: int, written: bool = True):
-        where = (f"checkpoint {tag} written; the same command resumes there" if written else
-                 f"its loader was killed before a checkpoint could be written here; the same command resumes "
-                 f"from {tag or 'the start (no checkpoint yet)'}")
-        super().__init__(f"stopped by {signal_name} at step {step}: {where} (exit {PREEMPTED_EXIT})")
+    def __init__(self, signal_name: str, tag: str, step: int):
+        super().__init__(f"stopped by {signal_name} at step {step}: checkpoint {tag} written; the same command "
+                         f"resumes there (exit {PREEMPTED_EXIT})")
         self.tag, self.step = tag, step
 
 
@@ -45,7 +43,17 @@ class LoaderLost(Exception):
 
 
 def _handler(signum, frame) -> None:
+    if not _received:
+        # torch's DataLoader raises from its SIGCHLD handler, wherever the rank is (mid-checkpoint
+        # too), when a worker dies, as they do when the SIGTERM reached them as well; from now on
+        # the next batch reports it instead (LoaderLost), at a place where the ranks can agree
+        signal.signal(signal.SIGCHLD, _ignore)
     _received.append(signal.Signals(signum).name)
+
+
+def _ignore(signum, frame) -> None:
+    """A Python-level no-op (not SIG_DFL: a SIGCHLD already on its way would then be reported as
+    'ignored due to race condition')."""
 
 
 def install() -> dict:
