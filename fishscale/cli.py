@@ -37,6 +37,10 @@ class LazyGroup(click.Group):
         if name not in self.lazy_commands:
             return None
         target, short_help = self.lazy_commands[name]
+        if name == "train" and sys.argv[1:2] == ["train"]:
+            # the `fishscale train` process itself: catch stop signals before importing torch (~1 s)
+            from fishscale.train.preempt import install
+            install()
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)

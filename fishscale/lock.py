@@ -28,6 +28,22 @@ from fishscale.errors import FishscaleError
 
 LOCK_NAME = ".fishscale.lock"
 NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+_held: set[int] = set()            # descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    """A forked child (loader worker, shard pool) must not keep the lock alive: orphaned after a
+    kill -9 of its parent, it would hold the folder for seconds. Closing its copy of the
+    descriptor does not release the parent's flock (only LOCK_UN or the last close does)."""
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class FolderLocked(FishscaleError):
@@ -120,6 +136,7 @@ class FolderLock:
             os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
             os.fsync(fd)
             self.fd = fd
+            _held.add(fd)
             return self
         raise FishscaleError(f"{self.path}: the lock file keeps changing; another process is starting and "
                              f"stopping on this folder")
@@ -132,6 +149,7 @@ class FolderLock:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        _held.discard(self.fd)
         os.close(self.fd)
         self.fd = None
         if self.created_folder:

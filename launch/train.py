@@ -13,7 +13,10 @@ docs/training.md. A bad config exits 2 with `error: ...` on every rank.
 """
 import sys
 
-from fishscale.train.loop import launch_main
+from fishscale.train import preempt
+
+preempt.install()                  # before torch is imported: a stop signal during startup is kept
+from fishscale.train.loop import launch_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(launch_main())

@@ -208,6 +208,14 @@ def test_a_run_whose_checkpoints_are_all_gone_is_not_restarted(reference, tiny_t
     refused(fishscale_train(tiny_train_config, out, *REFERENCE), "latest.json names step00000016, but no checkpoint "
             "is left", "starting again would overwrite")
     assert folder_digest(out) == before
+    shutil.rmtree(out / "checkpoints")                 # disk space reclaimed after the run, say
+    before = folder_digest(out)
+    refused(fishscale_train(tiny_train_config, out, *REFERENCE), "holds the results of a run (best.safetensors, "
+            "last.safetensors) but no checkpoint")
+    (out / "checkpoints").write_text("not a folder")
+    refused(fishscale_train(tiny_train_config, out, *REFERENCE), "checkpoints: exists and is not a folder")
+    (out / "checkpoints").unlink()
+    assert folder_digest(out) == before
 
 
 def test_prune_keeps_the_newest_whole_checkpoints_and_never_reuses_a_name(tmp_path):
@@ -421,16 +429,25 @@ def test_a_second_shard_on_the_same_folder_is_refused(tiny_dataset, tmp_path):
 
 
 def test_sigkill_leaves_a_stale_lock_that_is_taken_over_and_the_run_resumes(reference, tiny_train_config, tmp_path):
+    """kill -9 of the rank alone: its 2 loader workers live on for a while as orphans, and must not
+    keep the folder locked (they do not inherit the lock); the restart comes at once."""
+    import psutil
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "fishscale.cli", "train", "--config", str(tiny_train_config),
-                                f"train.out={out}", *REFERENCE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                                f"train.out={out}", *REFERENCE, "data.num_workers=2"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for_step(out / "metrics.jsonl", 10, process)
-    os.killpg(process.pid, signal.SIGKILL)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.kill()
     process.wait()
     holder = json.loads((out / ".fishscale.lock").read_text())
     assert holder["pid"] == process.pid
-    result = fishscale_train(tiny_train_config, out, *REFERENCE)
+    result = fishscale_train(tiny_train_config, out, *REFERENCE, "data.num_workers=2")
+    for worker in workers:                             # whatever is left of them
+        try:
+            worker.kill()
+        except psutil.Error:
+            pass
     check_ok(result)
     assert f"taking over the stale lock of `fishscale train` (pid {process.pid}" in result.stderr
     assert train_losses(out).to_list() == train_losses(reference).to_list()
@@ -503,6 +520,16 @@ def test_two_ranks_stop_together_on_one_ranks_signal_and_on_slurms(reference, ti
     first = json.loads((out / "checkpoints" / "latest.json").read_text())["tag"]
     assert "stopped by SIGTERM or SIGUSR1 on another rank" in stderr
     assert {p.name for p in (out / "checkpoints" / first).iterdir()} >= {"rng-rank0.json", "rng-rank1.json"}
+    # 1b. SIGTERM to the whole process group of `fishscale train --nproc 2` (a terminal, a batch system):
+    # the command waits for its ranks' checkpoint and says 75, not the launcher's death
+    launcher = subprocess.Popen([sys.executable, "-m", "fishscale.cli", "train", "--config", str(tiny_train_config),
+                                 "--nproc", "2", f"train.out={out}", *options, "data.num_workers=2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_step(out / "metrics.jsonl", int(first.removeprefix("step")) + 1, launcher)
+    os.killpg(launcher.pid, signal.SIGTERM)
+    stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT)[1]
+    assert launcher.returncode == PREEMPTED_EXIT, stderr[-3000:]
+    first = json.loads((out / "checkpoints" / "latest.json").read_text())["tag"]
     # 2. started like launch/slurm.sbatch does, SIGUSR1 to every rank (SLURM's --signal=USR1@120)
     ranks = srun_like(tiny_train_config, out, preempted_file, *options)
     wait_for_step(out / "metrics.jsonl", int(first.removeprefix("step")) + 2, ranks[0])

@@ -144,7 +144,9 @@ def check_identity(out: Path, recorded: dict[str, Any], now: dict[str, Any], acc
                                  f"counts are the same; after a deliberate re-sharding pass --accept-new-shards, "
                                  f"else point data.shards at the run's shards, or {way_out}")
     for key in RESUME_KEYS:
-        a, b = recorded["config"].get(key), now["config"].get(key)
+        if key not in recorded["config"]:      # a key a later fishscale checks: the run cannot say
+            continue
+        a, b = recorded["config"][key], now["config"].get(key)
         if a == b or (key == "phases" and extend and isinstance(a, list) and isinstance(b, list) and extends(a, b)):
             continue
         hint = " (--extend adds phases after the finished ones)" if key == "phases" else ""

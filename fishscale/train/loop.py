@@ -173,6 +173,8 @@ def open_run(cfg: Config, data: RunData, out: Path, resume: str, accept_new_shar
         point, notes = choose_checkpoint(out) if is_run else (None, [])
         for note in notes:
             echo(note)
+        if is_run and point is None:
+            refuse_restart(out)
         if resume == "always" and point is None:
             raise FishscaleError(f"--resume: {out} holds no checkpoint to resume from")
         finished = point is not None and point.progress.phase >= len(cfg.phases)
@@ -185,6 +187,19 @@ def open_run(cfg: Config, data: RunData, out: Path, resume: str, accept_new_shar
     except BaseException:
         lock.release()
         raise
+
+
+def refuse_restart(out: Path) -> None:
+    """A run folder without a checkpoint starts again only if it holds nothing a restart would
+    overwrite beyond the first steps' metrics (a run killed before its first checkpoint)."""
+    folder = out / "checkpoints"
+    if folder.exists() and not folder.is_dir():
+        raise FishscaleError(f"{folder}: exists and is not a folder; fishscale writes nothing into {out}")
+    results = [name for name in ("summary.json", "best.safetensors", "last.safetensors") if (out / name).exists()]
+    if results:
+        raise FishscaleError(f"{out} holds the results of a run ({', '.join(results)}) but no checkpoint; "
+                             f"starting again would overwrite them: use another train.out (or move them away "
+                             f"to train this folder again)")
 
 
 def start_run(cfg: Config, dist, data: RunData, out: Path, resume: str, accept_new_shards: bool,
@@ -696,15 +711,32 @@ def run_launcher(command: list[str]) -> int:
             except psutil.Error:
                 pass
 
-    process = subprocess.Popen(command, preexec_fn=ignore_usr1)
+    # its own session: a signal to this process group (a terminal, a batch system) reaches this
+    # process only, which passes it on as a stop; the launcher would kill the ranks on SIGTERM
+    process = subprocess.Popen(command, preexec_fn=ignore_usr1, start_new_session=True)
+
+    def on_signal(signum, frame) -> None:
+        preempt.record_signal(signum)
+        forward()
+
+    for sig in preempt.STOP_SIGNALS:
+        signal.signal(sig, on_signal)          # train_command puts the previous handlers back
     # a signal that came before the launcher, or reached a rank before its handler was in place
     # (it then still ignores SIGUSR1), is not lost: it is sent again until the ranks are done
-    while True:
+    try:
+        while True:
+            try:
+                return process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if preempt.pending():
+                    forward()
+    except KeyboardInterrupt:                  # Ctrl-C: what it did before, stop the whole job now
+        os.killpg(process.pid, signal.SIGINT)
         try:
-            return process.wait(timeout=1.0)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            if preempt.pending():
-                forward()
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})

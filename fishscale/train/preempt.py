@@ -42,6 +42,11 @@ class LoaderLost(Exception):
     """A stop is pending and some rank's loader died (its workers got the SIGTERM too)."""
 
 
+def record_signal(signum: int) -> None:
+    """What the handler does, for a handler that does more (fishscale train --nproc N forwards)."""
+    _handler(signum, None)
+
+
 def _handler(signum, frame) -> None:
     if not _received:
         # torch's DataLoader raises from its SIGCHLD handler, wherever the rank is (mid-checkpoint
