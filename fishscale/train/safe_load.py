@@ -1,13 +1,13 @@
 """Checkpoint files never run code: every torch.load of a training process is weights-only.
 
-DeepSpeed's own checkpoint engine and its universal-checkpoint code call
-``torch.load(weights_only=False)``, which unpickles anything: a planted ``*_states.pt`` whose
+DeepSpeed's own checkpoint engine and its universal-checkpoint code load with torch's full
+unpickler (they pass weights_only as False), which builds anything: a planted ``*_states.pt`` whose
 object has a ``__reduce__`` would run as soon as a run resumes. fishscale closes that three ways:
 
 - ``forbid_pickles()``, at the start of every training process, sets
   ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``: torch then loads weights-only even where a call site asks
-  for ``weights_only=False`` (DeepSpeed's universal loader, ``ds_to_universal`` in its subprocess),
-  and allows the three plain DeepSpeed types its files hold (``SAFE_GLOBALS``).
+  for the full unpickler (DeepSpeed's universal loader, ``ds_to_universal`` in its subprocess),
+  and allows the three plain DeepSpeed types its files hold (``safe_globals()``).
 - ``SafeCheckpointEngine`` replaces the engine's checkpoint engine for loads, with an explicit
   ``weights_only=True``.
 - ``pickle_problem(path)`` reads a file the same way before a checkpoint is chosen for resume,
