@@ -269,7 +269,42 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise FishscaleError(f"{path}: top level must be a mapping")
     # overrides address the full tree, so start from the defaults merged with the file
     full = _merge(Config().to_dict(), data)
-    return config_from_dict(apply_overrides(full, overrides))
+    cfg = config_from_dict(apply_overrides(full, overrides))
+    check_ranges(cfg)
+    return cfg
+
+
+def check_ranges(cfg: Config) -> None:
+    """Values of the right type but outside what they can mean fail here, naming the key, instead
+    of late (an eval batch of 0 after the first epoch) or never (a hue shift of 3 turns)."""
+    def need(ok: bool, key: str, value: Any, what: str) -> None:
+        if not ok:
+            raise FishscaleError(f"config: '{key}' must be {what}, got {value!r}")
+
+    for key in ("train.batch_size", "train.grad_accum", "eval.batch_size", "data.image_size"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        need(value >= 1, key, value, ">= 1")
+    need(cfg.data.num_workers >= 0, "data.num_workers", cfg.data.num_workers, ">= 0 (0: load in the main process)")
+    need(0 <= cfg.data.pad_value <= 255, "data.pad_value", cfg.data.pad_value, "a pixel value in 0..255")
+    need(len(cfg.data.mean) == 3, "data.mean", list(cfg.data.mean), "3 values (R, G, B)")
+    need(len(cfg.data.std) == 3 and all(v > 0 for v in cfg.data.std), "data.std", list(cfg.data.std),
+         "3 values (R, G, B), each > 0")
+    for name in ("rotate_prob", "hflip_prob", "vflip_prob", "color_jitter_prob", "sharpness_prob"):
+        value = getattr(cfg.augment, name)
+        need(0.0 <= value <= 1.0, f"augment.{name}", value, "a probability in [0, 1]")
+    for name in ("brightness", "contrast", "saturation", "sharpness"):
+        value = getattr(cfg.augment, name)
+        need(0.0 <= value <= 1.0, f"augment.{name}", value, "in [0, 1] (a factor in [1 - v, 1 + v])")
+    need(0.0 <= cfg.augment.hue <= 0.5, "augment.hue", cfg.augment.hue, "in [0, 0.5] (a fraction of a full turn)")
+    need(0.0 <= cfg.augment.rotate_degrees <= 180.0, "augment.rotate_degrees", cfg.augment.rotate_degrees,
+         "in [0, 180]")
+    need(0.0 <= cfg.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", cfg.optim.min_lr_ratio,
+         "in [0, 1] (the cosine floor as a fraction of the peak)")
+    need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", cfg.optim.warmup_steps, ">= 0")
+    need(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, ">= 0")
+    need(cfg.train.clip_grad is None or cfg.train.clip_grad > 0, "train.clip_grad", cfg.train.clip_grad,
+         "> 0, or null for no clipping")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -152,3 +152,15 @@ def test_repo_root_holds_the_built_in_configs():
     for stage in ZERO_STAGES:
         cfg = load_config(None, [f"train.zero_stage={stage}"])
         assert base_config_path(cfg) == DEEPSPEED_CONFIG_DIR / f"zero{stage}.json" and DEEPSPEED_CONFIG_DIR.is_dir()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("eval.batch_size=0", "eval.batch_size"), ("augment.hue=3", "augment.hue"), ("data.pad_value=300", "data.pad_value"),
+    ("data.mean=[0.5, 0.5]", "data.mean"), ("data.std=[0.2, 0, 0.2]", "data.std"),
+    ("optim.min_lr_ratio=5", "optim.min_lr_ratio"), ("optim.warmup_steps=-1", "optim.warmup_steps"),
+    ("train.clip_grad=-1", "train.clip_grad"), ("data.num_workers=-3", "data.num_workers"),
+    ("augment.rotate_prob=1.5", "augment.rotate_prob"), ("train.grad_accum=0", "train.grad_accum"),
+])
+def test_values_out_of_range_fail_at_load_naming_the_key(override, key):
+    with pytest.raises(FishscaleError, match=f"config: '{key}' must be "):
+        load_config(None, [override])
